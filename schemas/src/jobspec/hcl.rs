@@ -1,0 +1,1 @@
+//! HCL front-end (in progress).
