@@ -10,7 +10,18 @@ use std::fmt;
 
 /// A duration in nanoseconds: Nomad's API form (`"MinHealthyTime": 10000000000`).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Duration(pub i64);
@@ -62,7 +73,9 @@ impl fmt::Display for Duration {
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), like \"10s\" or \"1h30m\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), like \"10s\" or \"1h30m\""
+    )]
     Invalid(String),
     #[error("invalid duration {0:?}: unknown unit {1:?} (expected ns, us, ms, s, m or h)")]
     UnknownUnit(String, String),
@@ -111,7 +124,12 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             "m" => i128::from(MINUTE),
             "h" => i128::from(HOUR),
             "" => return Err(DurationError::Invalid(input.to_owned())),
-            other => return Err(DurationError::UnknownUnit(input.to_owned(), other.to_owned())),
+            other => {
+                return Err(DurationError::UnknownUnit(
+                    input.to_owned(),
+                    other.to_owned(),
+                ));
+            }
         };
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         let int: i128 = if int_part.is_empty() {
@@ -206,7 +224,9 @@ pub struct SpecDuration(pub Duration);
 #[allow(dead_code)]
 enum SpecDurationSchema {
     /// A Go duration string such as "10s", "1m30s" or "250ms".
-    Text(#[schemars(regex(pattern = r"^[+-]?(0|([0-9]*\.?[0-9]+(ns|us|µs|μs|ms|s|m|h))+)$"))] String),
+    Text(
+        #[schemars(regex(pattern = r"^[+-]?(0|([0-9]*\.?[0-9]+(ns|us|µs|μs|ms|s|m|h))+)$"))] String,
+    ),
     /// Nanoseconds.
     Nanos(i64),
 }
@@ -261,10 +281,16 @@ mod tests {
     fn rejects_bad_durations_with_a_reason() {
         assert_eq!(parse(""), Err(DurationError::Empty));
         assert!(matches!(parse("10"), Err(DurationError::Invalid(_))));
-        assert!(matches!(parse("ten seconds"), Err(DurationError::Invalid(_))));
+        assert!(matches!(
+            parse("ten seconds"),
+            Err(DurationError::Invalid(_))
+        ));
         assert!(matches!(parse("10x"), Err(DurationError::UnknownUnit(_, u)) if u == "x"));
         assert!(matches!(parse("1.2.3s"), Err(DurationError::Invalid(_))));
-        assert!(matches!(parse("99999999999999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse("99999999999999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     #[test]

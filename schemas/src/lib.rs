@@ -2,9 +2,21 @@
 //!
 //! The types here serialize to Nomad's API form (PascalCase keys, durations as integer
 //! nanoseconds), so an object read back from Caravan's API is what Nomad would return.
+pub mod alloc;
+pub mod canonical;
+pub mod deployment;
 pub mod duration;
+pub mod eval;
 pub mod ids;
+pub mod job;
 pub mod jobspec;
+pub mod node;
+pub mod resources;
+pub mod schema;
+pub mod service;
+pub mod time;
+pub mod validate;
 
 pub use duration::Duration;
 pub use ids::*;
+pub use job::Job;

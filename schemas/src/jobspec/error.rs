@@ -16,20 +16,20 @@ pub struct Location {
 }
 
 impl fmt::Display for Location {
+    /// `file:line:col: path`, leaving out what is unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if let Some(file) = &self.file {
-            parts.push(file.clone());
-        }
+        let mut place = self.file.clone().unwrap_or_default();
         if let Some(pos) = self.pos {
-            parts.push(pos.to_string());
+            if !place.is_empty() {
+                place.push(':');
+            }
+            place.push_str(&pos.to_string());
         }
-        if let Some(path) = &self.path
-            && !path.is_empty()
-        {
-            parts.push(path.clone());
+        match self.path.as_deref().filter(|p| !p.is_empty()) {
+            Some(path) if place.is_empty() => f.write_str(path),
+            Some(path) => write!(f, "{place}: {path}"),
+            None => f.write_str(&place),
         }
-        f.write_str(&parts.join(":"))
     }
 }
 
@@ -42,11 +42,20 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(message: impl Into<String>) -> Self {
-        Problem { at: Location::default(), message: message.into() }
+        Problem {
+            at: Location::default(),
+            message: message.into(),
+        }
     }
 
     pub fn at_pos(pos: Option<Pos>, message: impl Into<String>) -> Self {
-        Problem { at: Location { pos, ..Location::default() }, message: message.into() }
+        Problem {
+            at: Location {
+                pos,
+                ..Location::default()
+            },
+            message: message.into(),
+        }
     }
 
     pub fn with_path(mut self, path: impl Into<String>) -> Self {
@@ -112,7 +121,10 @@ impl SpecError {
             SpecError::Syntax(p) => vec![p.clone()],
             SpecError::Invalid(ps) => ps.clone(),
             SpecError::Io { file, message } => vec![Problem {
-                at: Location { file: Some(file.clone()), ..Location::default() },
+                at: Location {
+                    file: Some(file.clone()),
+                    ..Location::default()
+                },
                 message: message.clone(),
             }],
         }

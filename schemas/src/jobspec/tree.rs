@@ -131,9 +131,18 @@ mod tests {
         let k = |s: &str| Seg::Key(s.into());
         map.insert(vec![k("job")], Pos { line: 1, column: 1 });
         map.insert(vec![k("job"), k("x")], Pos { line: 3, column: 5 });
-        assert_eq!(map.lookup(&[k("job"), k("x"), Seg::Index(2)]), Some(Pos { line: 3, column: 5 }));
-        assert_eq!(map.lookup(&[k("job"), k("y")]), Some(Pos { line: 1, column: 1 }));
+        assert_eq!(
+            map.lookup(&[k("job"), k("x"), Seg::Index(2)]),
+            Some(Pos { line: 3, column: 5 })
+        );
+        assert_eq!(
+            map.lookup(&[k("job"), k("y")]),
+            Some(Pos { line: 1, column: 1 })
+        );
         assert_eq!(map.lookup(&[k("other")]), None);
-        assert_eq!(display_path(&[k("job"), k("x"), Seg::Index(2), k("y")]), "job.x[2].y");
+        assert_eq!(
+            display_path(&[k("job"), k("x"), Seg::Index(2), k("y")]),
+            "job.x[2].y"
+        );
     }
 }
