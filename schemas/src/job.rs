@@ -514,3 +514,129 @@ pub struct ScalingPolicy {
     pub enabled: bool,
     pub policy: BTreeMap<String, serde_json::Value>,
 }
+
+/// A job as `GET /v1/jobs` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobListStub {
+    #[serde(rename = "ID")]
+    pub id: JobId,
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
+    pub name: String,
+    pub namespace: Namespace,
+    pub datacenters: Vec<String>,
+    pub node_pool: String,
+    pub r#type: JobType,
+    pub priority: i32,
+    pub periodic: bool,
+    pub parameterized_job: bool,
+    pub stop: bool,
+    pub status: String,
+    pub status_description: String,
+    pub job_summary: Option<JobSummary>,
+    pub create_index: i64,
+    pub modify_index: i64,
+    pub job_modify_index: i64,
+    pub submit_time: i64,
+}
+
+impl Job {
+    /// The list form, with the summary when one is given.
+    pub fn stub(&self, summary: Option<JobSummary>) -> JobListStub {
+        JobListStub {
+            id: self.id.clone(),
+            parent_id: self.parent_id.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            datacenters: self.datacenters.clone(),
+            node_pool: self.node_pool.clone(),
+            r#type: self.r#type,
+            priority: self.priority,
+            periodic: self.periodic.is_some(),
+            parameterized_job: self.parameterized_job.is_some(),
+            stop: self.stop,
+            status: self.status.clone(),
+            status_description: self.status_description.clone(),
+            job_summary: summary,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            job_modify_index: self.job_modify_index,
+            submit_time: self.submit_time,
+        }
+    }
+}
+
+/// Allocation counts per group, as `GET /v1/job/:id/summary` returns them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobSummary {
+    #[serde(rename = "JobID")]
+    pub job_id: JobId,
+    pub namespace: Namespace,
+    pub summary: BTreeMap<String, TaskGroupSummary>,
+    pub children: JobChildrenSummary,
+    pub create_index: i64,
+    pub modify_index: i64,
+}
+
+/// One group's allocation counts by client status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskGroupSummary {
+    pub queued: i64,
+    pub complete: i64,
+    pub failed: i64,
+    pub running: i64,
+    pub starting: i64,
+    pub lost: i64,
+    pub unknown: i64,
+}
+
+/// Children of a periodic or parameterized job, by status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobChildrenSummary {
+    pub pending: i64,
+    pub running: i64,
+    pub dead: i64,
+}
+
+impl JobSummary {
+    /// Counts a job's allocations by group and client status; `queued` are the placements the
+    /// latest evaluation could not make.
+    pub fn compute<'a>(
+        job: &Job,
+        allocs: impl IntoIterator<Item = &'a crate::alloc::Allocation>,
+        queued: &BTreeMap<String, i32>,
+    ) -> JobSummary {
+        use crate::alloc::ClientStatus;
+        let mut summary: BTreeMap<String, TaskGroupSummary> = job
+            .task_groups
+            .iter()
+            .map(|g| (g.name.clone(), TaskGroupSummary::default()))
+            .collect();
+        for alloc in allocs {
+            let entry = summary.entry(alloc.task_group.clone()).or_default();
+            match alloc.client_status {
+                ClientStatus::Pending => entry.starting += 1,
+                ClientStatus::Running => entry.running += 1,
+                ClientStatus::Complete => entry.complete += 1,
+                ClientStatus::Failed => entry.failed += 1,
+                ClientStatus::Lost => entry.lost += 1,
+                ClientStatus::Unknown => entry.unknown += 1,
+            }
+        }
+        for (group, n) in queued {
+            summary.entry(group.clone()).or_default().queued = i64::from(*n);
+        }
+        JobSummary {
+            job_id: job.id.clone(),
+            namespace: job.namespace.clone(),
+            summary,
+            children: JobChildrenSummary::default(),
+            create_index: job.create_index,
+            modify_index: job.modify_index,
+        }
+    }
+}

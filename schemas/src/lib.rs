@@ -2,6 +2,7 @@
 //!
 //! The types here serialize to Nomad's API form (PascalCase keys, durations as integer
 //! nanoseconds), so an object read back from Caravan's API is what Nomad would return.
+pub mod agent_config;
 pub mod alloc;
 pub mod canonical;
 pub mod deployment;

@@ -340,6 +340,23 @@ fn job_at(
     }
 }
 
+/// Decodes the value at `path` of a tree into `T`, with every problem located in the source.
+pub fn decode_at<T: serde::de::DeserializeOwned>(tree: &Tree, path: &[Seg]) -> Result<T, SpecError> {
+    let value = path
+        .iter()
+        .try_fold(&tree.value, |v, seg| match seg {
+            Seg::Key(k) => v.get(k),
+            Seg::Index(i) => v.get(i),
+        })
+        .cloned()
+        .unwrap_or(Value::Object(serde_json::Map::new()));
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let mut full = path.to_vec();
+        full.extend(serde_path(e.path()));
+        problem_at(tree, &full, e.inner().to_string())
+    })
+}
+
 fn serde_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
     path.iter()
         .filter_map(|s| match s {
