@@ -1,3 +1,8 @@
 //! Caravan: the composition root. I/O lives here; pure logic lives in `caravan-schemas` and
 //! `caravan-controllers`.
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod server;
 pub mod store;

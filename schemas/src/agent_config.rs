@@ -180,7 +180,10 @@ plugin "docker" {
         assert_eq!(c.ports.unwrap().0.http, Some(5646));
         let server = c.server.unwrap().0;
         assert_eq!(server.store.as_deref(), Some("etcd://127.0.0.1:2379"));
-        assert_eq!(server.heartbeat_grace.unwrap().0, crate::Duration::from_secs(15));
+        assert_eq!(
+            server.heartbeat_grace.unwrap().0,
+            crate::Duration::from_secs(15)
+        );
         let client = c.client.unwrap().0;
         assert_eq!(client.meta.unwrap().0["rack"], Text("r1".into()));
         assert_eq!(c.plugin.0.len(), 2);
@@ -188,9 +191,16 @@ plugin "docker" {
 
     #[test]
     fn mistakes_are_located() {
-        let err = parse("agent.hcl", "server {\n  enabled = true\n  heartbeat_grace = \"soon\"\n}\n").unwrap_err();
+        let err = parse(
+            "agent.hcl",
+            "server {\n  enabled = true\n  heartbeat_grace = \"soon\"\n}\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("agent.hcl:3:"), "{err}");
         let err = parse("agent.hcl", "client {\n  enabeld = true\n}\n").unwrap_err();
-        assert!(err.to_string().contains("agent.hcl:2:") && err.to_string().contains("enabeld"), "{err}");
+        assert!(
+            err.to_string().contains("agent.hcl:2:") && err.to_string().contains("enabeld"),
+            "{err}"
+        );
     }
 }

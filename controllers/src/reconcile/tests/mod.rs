@@ -1,0 +1,4 @@
+mod fixtures;
+mod props;
+mod scenarios;
+mod units;

@@ -1,0 +1,304 @@
+//! `caravan agent`: run a server (and, later, a client) — `-dev` for both on one machine.
+
+use super::CliError;
+use crate::server::{Identity, Server};
+use crate::store::StoreSpec;
+use caravan_schemas::agent_config::{self, AgentConfigSpec};
+use clap::Args;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// Server and client in one process on the embedded store, data in a temporary directory.
+    #[arg(long)]
+    pub dev: bool,
+    /// Run the server half: the API, the store, the controllers.
+    #[arg(long)]
+    pub server: bool,
+    /// Run the client half: a node agent that runs tasks.
+    #[arg(long)]
+    pub client: bool,
+    /// Configuration files (HCL or JSON), read in order; later ones win (repeatable).
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Where state lives.
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// The HTTP API port (4646; 0 picks a free one).
+    #[arg(long = "http-port")]
+    pub http_port: Option<u16>,
+    /// The region (global).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The datacenter (dc1).
+    #[arg(long = "dc")]
+    pub datacenter: Option<String>,
+    /// This agent's name (the hostname).
+    #[arg(long = "node")]
+    pub name: Option<String>,
+    /// The store: `embedded` or `etcd://host:port,host:port`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Servers a client registers with (comma-separated host:port).
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// Log level: trace, debug, info, warn, error.
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+}
+
+/// The configuration in force: files, then flags.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub region: String,
+    pub datacenter: String,
+    pub data_dir: Option<PathBuf>,
+    pub bind: IpAddr,
+    pub http_port: u16,
+    pub advertise: Option<String>,
+    pub server: bool,
+    pub client: bool,
+    pub dev: bool,
+    pub store: String,
+    pub log_level: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "caravan".into())
+}
+
+impl AgentConfig {
+    pub fn resolve(args: &AgentArgs) -> Result<AgentConfig, CliError> {
+        let mut spec = AgentConfigSpec::default();
+        for path in &args.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::new(1, format!("reading config {}: {e}", path.display())))?;
+            let file = agent_config::parse(&path.display().to_string(), &text)
+                .map_err(|e| CliError::new(1, format!("Error loading configuration:\n{e}")))?;
+            merge(&mut spec, file);
+        }
+        let server_spec = spec.server.clone().map(|s| s.0).unwrap_or_default();
+        let client_spec = spec.client.clone().map(|c| c.0).unwrap_or_default();
+        let ports = spec.ports.clone().map(|p| p.0).unwrap_or_default();
+        let bind = match (&args.bind, &spec.bind_addr) {
+            (Some(ip), _) => *ip,
+            (None, Some(text)) => text.parse().map_err(|_| {
+                CliError::new(1, format!("bind_addr {text:?} is not an IP address"))
+            })?,
+            (None, None) if args.dev => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let server = args.dev || args.server || server_spec.enabled.unwrap_or(false);
+        let client = args.dev || args.client || client_spec.enabled.unwrap_or(false);
+        if !server && !client {
+            return Err(CliError::new(
+                1,
+                "Must specify either server, client or dev mode for the agent (-server, -client or -dev).",
+            ));
+        }
+        Ok(AgentConfig {
+            name: args
+                .name
+                .clone()
+                .or(spec.name.clone())
+                .unwrap_or_else(hostname),
+            region: args
+                .region
+                .clone()
+                .or(spec.region.clone())
+                .unwrap_or_else(|| "global".into()),
+            datacenter: args
+                .datacenter
+                .clone()
+                .or(spec.datacenter.clone())
+                .unwrap_or_else(|| "dc1".into()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(spec.data_dir.clone().map(PathBuf::from)),
+            bind,
+            http_port: args.http_port.or(ports.http).unwrap_or(4646),
+            advertise: spec.advertise.clone().and_then(|a| a.0.http),
+            server,
+            client,
+            dev: args.dev,
+            store: args
+                .store
+                .clone()
+                .or(server_spec.store)
+                .unwrap_or_else(|| "embedded".into()),
+            log_level: args
+                .log_level
+                .clone()
+                .or(spec.log_level.clone())
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+/// Later files override earlier ones block by block.
+fn merge(base: &mut AgentConfigSpec, next: AgentConfigSpec) {
+    macro_rules! take {
+        ($($f:ident),*) => {$( if next.$f.is_some() { base.$f = next.$f; } )*};
+    }
+    take!(
+        name, region, datacenter, data_dir, bind_addr, log_level, ports, addresses, advertise,
+        server, client
+    );
+    base.plugin.0.extend(next.plugin.0);
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CARAVAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("caravan={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(args: AgentArgs) -> Result<i32, CliError> {
+    let config = AgentConfig::resolve(&args)?;
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(1, format!("starting the runtime: {e}")))?;
+    runtime.block_on(agent(config))
+}
+
+async fn agent(config: AgentConfig) -> Result<i32, CliError> {
+    if config.client && !config.server {
+        return Err(CliError::new(
+            1,
+            "the client half of the agent (running tasks) is not built yet; run -server",
+        ));
+    }
+    // Dev mode keeps its data in a temporary directory that goes away with the agent.
+    let temp = if config.data_dir.is_none() && config.dev {
+        Some(
+            tempfile::Builder::new()
+                .prefix("caravan-dev-")
+                .tempdir()
+                .map_err(|e| CliError::new(1, format!("creating a data dir: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let data_dir = config
+        .data_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+        .ok_or_else(|| {
+            CliError::new(
+                1,
+                "a data directory is required: -data-dir or data_dir in the config",
+            )
+        })?;
+    let spec: StoreSpec = config
+        .store
+        .parse()
+        .map_err(|e| CliError::new(1, format!("store {:?}: {e}", config.store)))?;
+    let spec = spec.with_data_dir(data_dir.join("server"));
+    let store = crate::store::open(&spec)
+        .await
+        .map_err(|e| CliError::new(1, format!("opening the store: {e}")))?;
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))
+        .await
+        .map_err(|e| {
+            CliError::new(
+                1,
+                format!("binding {}:{}: {e}", config.bind, config.http_port),
+            )
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let ip = if bound.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound.ip()
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    });
+    let identity = Identity {
+        name: config.name.clone(),
+        region: config.region.clone(),
+        datacenter: config.datacenter.clone(),
+        advertise: advertise.clone(),
+    };
+    let server = Server::start(Arc::clone(&store), identity).await;
+    let leadership = server.start_membership();
+    let _jobs =
+        crate::server::job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+
+    println!("==> Caravan agent configuration:\n");
+    println!("       Advertise Addrs: HTTP: {advertise}");
+    println!("            Bind Addrs: HTTP: [{bound}]");
+    println!(
+        "                Client: {}",
+        if config.client {
+            "false (not built yet)"
+        } else {
+            "false"
+        }
+    );
+    println!("             Data Dir: {}", data_dir.display());
+    println!(
+        "             Log Level: {}",
+        config.log_level.to_uppercase()
+    );
+    println!(
+        "                Region: {} (DC: {})",
+        config.region, config.datacenter
+    );
+    println!("                Server: true");
+    println!("                 Store: {}", store.kind());
+    println!("               Version: {}", env!("CARGO_PKG_VERSION"));
+    println!("\n==> Caravan agent started! Log data will stream in below:\n");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(
+        Arc::clone(&server),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    shutdown_signal().await;
+    println!("==> Caught signal: shutting down");
+    let _ = stop_tx.send(());
+    let _ = api.await;
+    let _ = store.close().await;
+    drop(temp);
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,658 @@
+//! The job controller's loop: the I/O around the pure reconciler and scheduler.
+//!
+//! For one job at a time it takes a cache snapshot (the job, its allocations, the nodes they sit
+//! on), asks `caravan_controllers::reconcile` what should change, asks the scheduler where new
+//! allocations go, and writes the result — allocations, evaluations, the job's status — in
+//! transactions fenced by leadership and guarded by the revisions it read. Losing a race means
+//! recomputing from fresh state, never overwriting.
+//!
+//! One scheduler instance is kept for the whole cluster and fed every node and allocation
+//! change, so placing an allocation never costs a rebuild of the cluster's usage.
+
+use super::Server;
+use super::cache::Notice;
+use super::objects::{Index, Kind, Object, job_index};
+use super::runtime::{self, Controller, Next, WorkQueue};
+use super::writes::{new_eval, now_nanos};
+use crate::store::{Compare, Op, Txn};
+use caravan_controllers::reconcile::{self, Input, NodeView, Plan};
+use caravan_controllers::scheduler::{Scheduler, SelectOptions};
+use caravan_schemas::alloc::{AllocMetric, Allocation, ClientStatus, DesiredStatus};
+use caravan_schemas::eval::{EvalStatus, Evaluation, TriggeredBy};
+use caravan_schemas::ids::{AllocId, EvalId};
+use caravan_schemas::job::{Job, JobType};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tracing::Instrument;
+
+/// How long a reconcile waits for the cache to show its own writes.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The job controller.
+#[derive(Debug)]
+pub struct JobController {
+    server: Arc<Server>,
+    scheduler: Mutex<Scheduler>,
+    queue: Arc<WorkQueue<String>>,
+    seed: AtomicU64,
+}
+
+/// Starts the job controller: it reconciles while `leading` is true.
+pub fn start(server: Arc<Server>, leading: watch::Receiver<bool>) -> Arc<JobController> {
+    let controller = Arc::new(JobController {
+        scheduler: Mutex::new(build_scheduler(&server)),
+        server,
+        queue: WorkQueue::new(),
+        seed: AtomicU64::new(0x5eed_cafe),
+    });
+    spawn_feeders(&controller, leading.clone());
+    runtime::run(
+        Arc::clone(&controller),
+        Arc::clone(&controller.queue),
+        1,
+        leading,
+    );
+    controller
+}
+
+fn build_scheduler(server: &Server) -> Scheduler {
+    let nodes = server.cache.nodes.snapshot();
+    let allocs = server.cache.allocs.snapshot();
+    Scheduler::from_shared(
+        nodes.objects.values().cloned(),
+        allocs.objects.values().map(AsRef::as_ref),
+    )
+}
+
+fn job_key_of(job: &Job) -> String {
+    job_index(job.namespace.as_str(), job.id.as_str())
+}
+
+impl JobController {
+    fn enqueue_all(&self) {
+        for job in self.server.cache.jobs.snapshot().objects.values() {
+            self.queue.add(job_key_of(job));
+        }
+    }
+
+    /// Jobs that may now fit or must react to a node: those with allocations on it, those
+    /// waiting for capacity, and every system job.
+    fn enqueue_for_node(&self, node_id: &str) {
+        for alloc in self
+            .server
+            .cache
+            .allocs
+            .snapshot()
+            .by(Index::ByNode, node_id)
+        {
+            self.queue
+                .add(job_index(alloc.namespace.as_str(), alloc.job_id.as_str()));
+        }
+        for eval in self.server.cache.evals.snapshot().objects.values() {
+            if eval.status == EvalStatus::Blocked {
+                self.queue
+                    .add(job_index(eval.namespace.as_str(), eval.job_id.as_str()));
+            }
+        }
+        for job in self.server.cache.jobs.snapshot().objects.values() {
+            if matches!(job.r#type, JobType::System | JobType::Sysbatch) {
+                self.queue.add(job_key_of(job));
+            }
+        }
+    }
+}
+
+/// Subscribes to the caches: keeps the scheduler current and queues the jobs that changes
+/// concern. Becoming leader queues every job (the resync safety net).
+fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
+    let jobs = {
+        let c = Arc::clone(c);
+        let mut rx = c.server.cache.jobs.changes();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => match notice.as_ref() {
+                        Notice::Changed(changes) => {
+                            for ch in changes {
+                                if let Some(job) = ch.new.as_ref().or(ch.old.as_ref()) {
+                                    c.queue.add(job_key_of(job));
+                                }
+                            }
+                        }
+                        Notice::Resync => c.enqueue_all(),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => c.enqueue_all(),
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let allocs = {
+        let c = Arc::clone(c);
+        let mut rx = c.server.cache.allocs.changes();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => match notice.as_ref() {
+                        Notice::Changed(changes) => {
+                            let mut sched = c.scheduler.lock().await;
+                            for ch in changes {
+                                match (&ch.new, &ch.old) {
+                                    (Some(new), _) => sched.add(new),
+                                    (None, Some(old)) => {
+                                        sched.remove_id(&old.id);
+                                    }
+                                    (None, None) => {}
+                                }
+                                let relevant = match (&ch.new, &ch.old) {
+                                    (Some(n), Some(o)) => {
+                                        n.client_status != o.client_status
+                                            || n.desired_status != o.desired_status
+                                    }
+                                    _ => true,
+                                };
+                                if relevant && let Some(a) = ch.new.as_ref().or(ch.old.as_ref()) {
+                                    c.queue
+                                        .add(job_index(a.namespace.as_str(), a.job_id.as_str()));
+                                }
+                            }
+                        }
+                        Notice::Resync => {
+                            *c.scheduler.lock().await = build_scheduler(&c.server);
+                            c.enqueue_all();
+                        }
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        *c.scheduler.lock().await = build_scheduler(&c.server);
+                        c.enqueue_all();
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let nodes = {
+        let c = Arc::clone(c);
+        let mut rx = c.server.cache.nodes.changes();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => match notice.as_ref() {
+                        Notice::Changed(changes) => {
+                            for ch in changes {
+                                {
+                                    let mut sched = c.scheduler.lock().await;
+                                    match (&ch.new, &ch.old) {
+                                        (Some(new), _) => sched.upsert_node(Arc::clone(new)),
+                                        (None, Some(old)) => sched.remove_node(&old.id),
+                                        (None, None) => {}
+                                    }
+                                }
+                                if let Some(n) = ch.new.as_ref().or(ch.old.as_ref()) {
+                                    c.enqueue_for_node(n.id.as_str());
+                                }
+                            }
+                        }
+                        Notice::Resync => {
+                            *c.scheduler.lock().await = build_scheduler(&c.server);
+                            c.enqueue_all();
+                        }
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        *c.scheduler.lock().await = build_scheduler(&c.server);
+                        c.enqueue_all();
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let evals = {
+        let c = Arc::clone(c);
+        let mut rx = c.server.cache.evals.changes();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => match notice.as_ref() {
+                        Notice::Changed(changes) => {
+                            for ch in changes {
+                                if let Some(e) = &ch.new
+                                    && e.status == EvalStatus::Pending
+                                {
+                                    c.queue
+                                        .add(job_index(e.namespace.as_str(), e.job_id.as_str()));
+                                }
+                            }
+                        }
+                        Notice::Resync => c.enqueue_all(),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => c.enqueue_all(),
+                    Err(_) => return,
+                }
+            }
+        }
+    };
+    let leadership = {
+        let c = Arc::clone(c);
+        async move {
+            loop {
+                if leading.wait_for(|l| *l).await.is_err() {
+                    return;
+                }
+                *c.scheduler.lock().await = build_scheduler(&c.server);
+                c.enqueue_all();
+                if leading.wait_for(|l| !*l).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    for (name, fut) in [
+        (
+            "jobs",
+            Box::pin(jobs) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        ),
+        ("allocs", Box::pin(allocs)),
+        ("nodes", Box::pin(nodes)),
+        ("evals", Box::pin(evals)),
+        ("leadership", Box::pin(leadership)),
+    ] {
+        tokio::spawn(fut.instrument(tracing::info_span!("job-controller-feed", source = name)));
+    }
+}
+
+/// The writes one reconcile makes.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Allocations to create or update, with the mod revision they were read at (0 = new).
+    allocs: Vec<(Allocation, i64)>,
+    evals: Vec<Evaluation>,
+    job: Option<Job>,
+    /// Placements recorded in the scheduler, undone if the writes fail.
+    placed: Vec<AllocId>,
+}
+
+#[async_trait::async_trait]
+impl Controller for JobController {
+    type Key = String;
+
+    fn name(&self) -> &'static str {
+        "job"
+    }
+
+    async fn reconcile(&self, key: &String) -> Result<Next, String> {
+        let Some((namespace, id)) = key.split_once('/') else {
+            return Ok(Next::Idle);
+        };
+        let server = &self.server;
+        let now = now_nanos();
+        let job = server
+            .cache
+            .jobs
+            .get(&server.keys.key(Kind::Job, namespace, id));
+        let alloc_snap = server.cache.allocs.snapshot();
+        let allocs: Vec<Allocation> = alloc_snap
+            .by(Index::ByJob, key)
+            .map(|a| (**a).clone())
+            .collect();
+        let eval_snap = server.cache.evals.snapshot();
+        let open_evals: Vec<Evaluation> = eval_snap
+            .by(Index::ByJob, key)
+            .filter(|e| matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked))
+            .map(|e| (**e).clone())
+            .collect();
+        let node_snap = server.cache.nodes.snapshot();
+        let nodes = NodeView::index(node_snap.objects.values().map(AsRef::as_ref));
+
+        let mut sched = self.scheduler.lock().await;
+        let eligible = match job.as_deref() {
+            Some(j) if matches!(j.r#type, JobType::System | JobType::Sysbatch) => {
+                sched.eligible_nodes(j)
+            }
+            _ => Vec::new(),
+        };
+        let plan = reconcile::reconcile(&Input {
+            job: job.as_deref(),
+            allocs: &allocs,
+            nodes: &nodes,
+            eligible_nodes: &eligible,
+            now,
+        });
+        let status_changes = job
+            .as_ref()
+            .is_some_and(|j| j.status != plan.job_status.as_str());
+        let pending: Vec<&Evaluation> = open_evals
+            .iter()
+            .filter(|e| e.status == EvalStatus::Pending)
+            .collect();
+        if plan.is_empty() && pending.is_empty() && !status_changes {
+            // Something may still be blocked: retry placements only when capacity changes.
+            return Ok(wake(plan.wake_at, now));
+        }
+        let writes = self.compute(job.as_deref(), &allocs, &open_evals, &plan, &mut sched, now);
+        let placed = writes.placed.clone();
+        drop(sched);
+        match self.apply(job.as_deref(), writes).await {
+            Ok(revision) => {
+                server.cache.wait_for(revision, SETTLE).await;
+                Ok(wake(plan.wake_at, now))
+            }
+            Err(e) => {
+                let mut sched = self.scheduler.lock().await;
+                for id in &placed {
+                    sched.remove_id(id);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn wake(at: Option<i64>, now: i64) -> Next {
+    match at {
+        Some(at) => Next::After(
+            Duration::from_nanos(u64::try_from((at - now).max(0)).unwrap_or(0))
+                + Duration::from_millis(10),
+        ),
+        None => Next::Idle,
+    }
+}
+
+impl JobController {
+    fn next_seed(&self) -> u64 {
+        self.seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+    }
+
+    /// Turns a plan into the objects to write; placements are made in the scheduler as it goes.
+    fn compute(
+        &self,
+        job: Option<&Job>,
+        allocs: &[Allocation],
+        open_evals: &[Evaluation],
+        plan: &Plan,
+        sched: &mut Scheduler,
+        now: i64,
+    ) -> Writes {
+        let mut w = Writes::default();
+        let by_id: HashMap<&AllocId, &Allocation> = allocs.iter().map(|a| (&a.id, a)).collect();
+        let mut updated: BTreeMap<AllocId, Allocation> = BTreeMap::new();
+        let mut touch = |id: &AllocId, f: &mut dyn FnMut(&mut Allocation)| {
+            if let Some(a) = updated.get_mut(id) {
+                f(a);
+            } else if let Some(a) = by_id.get(id) {
+                let mut a = (*a).clone();
+                f(&mut a);
+                updated.insert(id.clone(), a);
+            }
+        };
+
+        // The evaluation this round is recorded under: the oldest pending one, or a new one.
+        let pending: Vec<&Evaluation> = open_evals
+            .iter()
+            .filter(|e| e.status == EvalStatus::Pending)
+            .collect();
+        let eval_id = pending
+            .first()
+            .map(|e| e.id.clone())
+            .unwrap_or_else(EvalId::random);
+        let new_eval_needed = pending.is_empty() && !plan.is_empty();
+
+        for stop in &plan.stop {
+            touch(&stop.alloc_id, &mut |a| {
+                a.desired_status = DesiredStatus::Stop;
+                a.desired_description = stop.description.to_owned();
+                if let Some(cs) = stop.client_status {
+                    a.client_status = cs;
+                }
+                a.modify_time = now;
+            });
+            if let Some(a) = by_id.get(&stop.alloc_id) {
+                sched.remove(a);
+            }
+        }
+        for d in &plan.disconnect {
+            touch(&d.alloc_id, &mut |a| {
+                a.client_status = ClientStatus::Unknown;
+                a.client_description = reconcile::descriptions::UNKNOWN.to_owned();
+                a.modify_time = now;
+            });
+        }
+        if let Some(job) = job {
+            for id in &plan.inplace_update {
+                touch(id, &mut |a| {
+                    a.job = Some(Box::new(job.clone()));
+                    a.modify_time = now;
+                });
+            }
+        }
+        for d in &plan.destructive_update {
+            touch(&d.alloc_id, &mut |a| {
+                a.desired_status = DesiredStatus::Stop;
+                a.desired_description = d.description.to_owned();
+                a.modify_time = now;
+            });
+            if let Some(a) = by_id.get(&d.alloc_id) {
+                sched.remove(a);
+            }
+        }
+
+        let mut failed: BTreeMap<String, AllocMetric> = BTreeMap::new();
+        let mut queued: BTreeMap<String, i32> = BTreeMap::new();
+        if let Some(job) = job {
+            for group in &job.task_groups {
+                queued.insert(group.name.clone(), 0);
+            }
+            for place in plan.placements() {
+                let Some(group) = job.group(&place.group) else {
+                    continue;
+                };
+                let alloc_id = AllocId::random();
+                let opts = SelectOptions {
+                    seed: self.next_seed(),
+                    penalty_nodes: place.penalty_nodes.clone(),
+                    preferred_node: place.preferred_node.clone(),
+                    alloc_id: Some(alloc_id.clone()),
+                };
+                let result = match &place.node {
+                    Some(node) => sched.select_node(job, group, node, &opts),
+                    None => sched.select(job, group, &opts),
+                };
+                match result {
+                    Ok(p) => {
+                        w.placed.push(alloc_id.clone());
+                        if let Some(prev) = &place.previous_alloc {
+                            touch(prev, &mut |a| {
+                                a.next_allocation = alloc_id.clone();
+                                a.modify_time = now;
+                            });
+                        }
+                        w.allocs.push((
+                            Allocation {
+                                id: alloc_id,
+                                namespace: job.namespace.clone(),
+                                eval_id: eval_id.clone(),
+                                name: place.name.clone(),
+                                node_id: p.node_id,
+                                node_name: p.node_name,
+                                job_id: job.id.clone(),
+                                job: Some(Box::new(job.clone())),
+                                task_group: place.group.clone(),
+                                allocated_resources: Some(p.resources),
+                                metrics: Some(p.metric),
+                                desired_status: DesiredStatus::Run,
+                                client_status: ClientStatus::Pending,
+                                previous_allocation: place
+                                    .previous_alloc
+                                    .clone()
+                                    .unwrap_or_default(),
+                                reschedule_tracker: place.reschedule_tracker.clone(),
+                                create_time: now,
+                                modify_time: now,
+                                ..Allocation::default()
+                            },
+                            0,
+                        ));
+                    }
+                    // A system job's node that fails its constraints just doesn't run it.
+                    Err(metric) if place.node.is_some() && metric.nodes_exhausted == 0 => {}
+                    Err(metric) => {
+                        *queued.entry(place.group.clone()).or_default() += 1;
+                        failed
+                            .entry(place.group.clone())
+                            .and_modify(|m| m.coalesced_failures += 1)
+                            .or_insert(metric);
+                    }
+                }
+            }
+        }
+        w.allocs.extend(updated.into_values().map(|a| {
+            let rev = a.modify_index;
+            (a, rev)
+        }));
+
+        // Evaluations: complete what was pending; keep one blocked evaluation while something
+        // could not be placed, and complete it once everything is.
+        let blocked = open_evals
+            .iter()
+            .find(|e| e.status == EvalStatus::Blocked)
+            .cloned();
+        let mut blocked_id = EvalId::default();
+        if !failed.is_empty() {
+            let mut b = blocked.clone().unwrap_or_else(|| {
+                let mut e = job
+                    .map(|j| new_eval(j, TriggeredBy::QueuedAllocs, now))
+                    .unwrap_or_default();
+                e.status = EvalStatus::Blocked;
+                e.status_description = "created to place remaining allocations".into();
+                e.previous_eval = eval_id.clone();
+                e
+            });
+            b.failed_tg_allocs = failed.clone();
+            b.queued_allocations = queued.clone();
+            b.modify_time = now;
+            blocked_id = b.id.clone();
+            w.evals.push(b);
+        } else if let Some(mut b) = blocked {
+            b.status = EvalStatus::Complete;
+            b.status_description = String::new();
+            b.queued_allocations = queued.clone();
+            b.failed_tg_allocs.clear();
+            b.modify_time = now;
+            w.evals.push(b);
+        }
+        let mut round: Vec<Evaluation> = pending.into_iter().cloned().collect();
+        if new_eval_needed && let Some(j) = job {
+            let trigger = if blocked_id.is_empty() {
+                TriggeredBy::NodeUpdate
+            } else {
+                TriggeredBy::QueuedAllocs
+            };
+            let mut e = new_eval(j, trigger, now);
+            e.id = eval_id.clone();
+            round.push(e);
+        }
+        for mut e in round {
+            e.status = EvalStatus::Complete;
+            e.failed_tg_allocs = if e.id == eval_id {
+                failed.clone()
+            } else {
+                BTreeMap::new()
+            };
+            e.queued_allocations = queued.clone();
+            e.blocked_eval = blocked_id.clone();
+            if let Some(j) = job {
+                e.job_modify_index = j.job_modify_index;
+            }
+            e.modify_time = now;
+            w.evals.push(e);
+        }
+
+        if let Some(j) = job
+            && j.status != plan.job_status.as_str()
+        {
+            let mut j = j.clone();
+            j.status = plan.job_status.as_str().to_owned();
+            w.job = Some(j);
+        }
+        w
+    }
+
+    /// Writes in transactions no larger than the store takes, each fenced by leadership and
+    /// guarded by the job's revision and each updated allocation's. Returns the last revision.
+    async fn apply(&self, job: Option<&Job>, writes: Writes) -> Result<i64, String> {
+        let server = &self.server;
+        let keys = &server.keys;
+        let max = server.store.max_txn_ops().max(2);
+        let mut guard_base = vec![server.leader_fence()];
+        if let Some(j) = job {
+            guard_base.push(Compare::unchanged(j.key(keys), j.modify_index));
+        }
+        let mut batches: Vec<(Vec<Compare>, Vec<Op>)> = Vec::new();
+        let mut current: (Vec<Compare>, Vec<Op>) = (guard_base.clone(), Vec::new());
+        let mut push =
+            |compare: Option<Compare>, op: Op, batches: &mut Vec<(Vec<Compare>, Vec<Op>)>| {
+                let compares_full = compare.is_some() && current.0.len() + 1 > max;
+                if current.1.len() + 1 > max || compares_full {
+                    batches.push(std::mem::replace(
+                        &mut current,
+                        (guard_base.clone(), Vec::new()),
+                    ));
+                }
+                if let Some(c) = compare {
+                    current.0.push(c);
+                }
+                current.1.push(op);
+            };
+        for (alloc, rev) in &writes.allocs {
+            let key = alloc.key(keys);
+            let compare = if *rev == 0 {
+                Compare::absent(key.clone())
+            } else {
+                Compare::unchanged(key.clone(), *rev)
+            };
+            push(Some(compare), Op::put(key, encode(alloc)?), &mut batches);
+        }
+        for eval in &writes.evals {
+            push(None, Op::put(eval.key(keys), encode(eval)?), &mut batches);
+        }
+        // The job's status goes last: its write changes the revision the other batches compare.
+        let mut revision = 0;
+        for (compares, ops) in batches.into_iter().chain(std::iter::once(current)) {
+            if ops.is_empty() {
+                continue;
+            }
+            let resp = server
+                .store
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.succeeded {
+                return Err("the job or one of its allocations changed meanwhile (or leadership moved); recomputing".into());
+            }
+            revision = resp.revision;
+        }
+        if let Some(j) = writes.job {
+            let key = j.key(keys);
+            let txn = Txn::new()
+                .when([
+                    server.leader_fence(),
+                    Compare::unchanged(key.clone(), j.modify_index),
+                ])
+                .and_then([Op::put(key, encode(&j)?)]);
+            let resp = server.store.txn(txn).await.map_err(|e| e.to_string())?;
+            if !resp.succeeded {
+                return Err("the job changed meanwhile; recomputing".into());
+            }
+            revision = resp.revision;
+        }
+        Ok(revision)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("encoding: {e}"))
+}

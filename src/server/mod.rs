@@ -1,0 +1,122 @@
+//! The server half of the agent: the watch cache, the controllers' runtime, leader election and
+//! membership. Writes go straight to the store; reads come from the cache.
+pub mod cache;
+pub mod job_controller;
+pub mod leader;
+pub mod objects;
+pub mod runtime;
+pub mod writes;
+pub mod writes_nodes;
+
+use crate::store::Store;
+use cache::Informer;
+use caravan_schemas::alloc::Allocation;
+use caravan_schemas::deployment::Deployment;
+use caravan_schemas::eval::Evaluation;
+use caravan_schemas::job::Job;
+use caravan_schemas::node::Node;
+use objects::{JobVersion, Keys};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Who this server is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub name: String,
+    pub region: String,
+    pub datacenter: String,
+    /// `ip:port` of the HTTP API, as other servers and clients reach it.
+    pub advertise: String,
+}
+
+/// One informer per kind.
+#[derive(Debug)]
+pub struct Informers {
+    pub jobs: Arc<Informer<Job>>,
+    pub job_versions: Arc<Informer<JobVersion>>,
+    pub nodes: Arc<Informer<Node>>,
+    pub allocs: Arc<Informer<Allocation>>,
+    pub evals: Arc<Informer<Evaluation>>,
+    pub deployments: Arc<Informer<Deployment>>,
+    pub members: Arc<Informer<leader::Member>>,
+}
+
+impl Informers {
+    fn new() -> Self {
+        Informers {
+            jobs: Informer::new(),
+            job_versions: Informer::new(),
+            nodes: Informer::new(),
+            allocs: Informer::new(),
+            evals: Informer::new(),
+            deployments: Informer::new(),
+            members: Informer::new(),
+        }
+    }
+
+    /// The newest revision any kind has applied.
+    pub fn index(&self) -> i64 {
+        [
+            self.jobs.index(),
+            self.job_versions.index(),
+            self.nodes.index(),
+            self.allocs.index(),
+            self.evals.index(),
+            self.deployments.index(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// Waits until the cache has caught up with a write at `revision`: one watch feeds every
+    /// informer, so any of them tells.
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        self.jobs.wait_for(revision, timeout).await
+    }
+}
+
+/// A running server: its store, keys and caches.
+#[derive(Debug)]
+pub struct Server {
+    pub store: Arc<dyn Store>,
+    pub keys: Keys,
+    pub identity: Identity,
+    pub cache: Informers,
+}
+
+impl Server {
+    /// Starts the caches and waits for their first list.
+    pub async fn start(store: Arc<dyn Store>, identity: Identity) -> Arc<Server> {
+        let keys = Keys::new(&identity.region);
+        let server = Arc::new(Server {
+            store,
+            keys,
+            identity,
+            cache: Informers::new(),
+        });
+        let feeder = cache::Feeder::default()
+            .feed(&server.keys, &server.cache.jobs)
+            .feed(&server.keys, &server.cache.job_versions)
+            .feed(&server.keys, &server.cache.nodes)
+            .feed(&server.keys, &server.cache.allocs)
+            .feed(&server.keys, &server.cache.evals)
+            .feed(&server.keys, &server.cache.deployments)
+            .feed(&server.keys, &server.cache.members);
+        let span = tracing::info_span!("cache");
+        tokio::spawn(
+            feeder
+                .run(Arc::clone(&server.store), server.keys.root())
+                .instrument(span),
+        );
+        server.cache.jobs.wait_synced().await;
+        server.cache.job_versions.wait_synced().await;
+        server.cache.nodes.wait_synced().await;
+        server.cache.allocs.wait_synced().await;
+        server.cache.evals.wait_synced().await;
+        server.cache.deployments.wait_synced().await;
+        server.cache.members.wait_synced().await;
+        server
+    }
+}

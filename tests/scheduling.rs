@@ -1,0 +1,269 @@
+//! The job controller end to end, on a real server and store, with simulated nodes written
+//! straight to the store: placement, bin packing, blocked jobs placed when capacity appears,
+//! and system jobs following nodes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use caravan::server::objects::Object;
+use caravan::server::{Identity, Server, job_controller};
+use caravan::store::{self, Store, StoreSpec};
+use caravan_schemas::alloc::Allocation;
+use caravan_schemas::eval::EvalStatus;
+use caravan_schemas::ids::NodeId;
+use caravan_schemas::node::{DriverInfo, Node, NodeStatus};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use support::client::Client;
+use support::eventually;
+
+struct Cluster {
+    server: Arc<Server>,
+    store: Arc<dyn Store>,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreSpec::embedded(dir.path())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let identity = Identity {
+        name: "s1".into(),
+        region: "global".into(),
+        datacenter: "dc1".into(),
+        advertise: addr.clone(),
+    };
+    let server = Server::start(Arc::clone(&store), identity).await;
+    let leadership = server.start_membership();
+    job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    tokio::spawn(caravan::api::serve(
+        Arc::clone(&server),
+        listener,
+        std::future::pending(),
+    ));
+    let mut leading = leadership.is_leader;
+    tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    Cluster {
+        server,
+        store,
+        client: Client::new(&format!("http://{addr}")),
+        _dir: dir,
+    }
+}
+
+fn node(id: &str, cpu: i64, memory_mb: i64) -> Node {
+    let mut n = Node {
+        id: NodeId::new(id),
+        name: format!("node-{id}"),
+        datacenter: "dc1".into(),
+        node_pool: "default".into(),
+        status: NodeStatus::Ready,
+        ..Node::default()
+    };
+    let mut res = caravan_schemas::resources::NodeResources::default();
+    res.cpu.cpu_shares = cpu;
+    res.memory.memory_mb = memory_mb;
+    res.disk.disk_mb = 100_000;
+    n.node_resources = Some(res);
+    n.attributes.insert("kernel.name".into(), "linux".into());
+    n.attributes
+        .insert("unique.network.ip-address".into(), "127.0.0.1".into());
+    n.drivers.insert(
+        "raw_exec".into(),
+        DriverInfo {
+            detected: true,
+            healthy: true,
+            ..DriverInfo::default()
+        },
+    );
+    n
+}
+
+impl Cluster {
+    async fn add_node(&self, n: &Node) {
+        let rev = self
+            .store
+            .put(&n.key(&self.server.keys), serde_json::to_vec(n).unwrap())
+            .await
+            .unwrap();
+        assert!(
+            self.server
+                .cache
+                .nodes
+                .wait_for(rev, Duration::from_secs(5))
+                .await
+        );
+    }
+
+    async fn run(&self, job: Value) -> Value {
+        self.client
+            .post("/v1/jobs", &json!({ "Job": job }))
+            .await
+            .expect(200)
+            .json()
+    }
+
+    fn allocs(&self, job: &str) -> Vec<Arc<Allocation>> {
+        self.server
+            .cache
+            .allocs
+            .snapshot()
+            .objects
+            .values()
+            .filter(|a| a.job_id.as_str() == job && a.desired_status.to_string() == "run")
+            .cloned()
+            .collect()
+    }
+
+    async fn wait_allocs(&self, job: &str, n: usize) -> Vec<Arc<Allocation>> {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} allocations of {job}"),
+            || async { self.allocs(job).len() == n },
+        )
+        .await;
+        self.allocs(job)
+    }
+}
+
+fn job(id: &str, kind: &str, count: i64, cpu: i64, memory: i64) -> Value {
+    json!({
+        "ID": id, "Type": kind, "Datacenters": ["dc1"],
+        "TaskGroups": [{
+            "Name": "g", "Count": count,
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"},
+                       "Resources": {"CPU": cpu, "MemoryMB": memory}}]
+        }]
+    })
+}
+
+#[tokio::test]
+async fn a_registered_job_is_placed_and_its_evaluation_completes() {
+    let c = cluster().await;
+    c.add_node(&node("n1", 4000, 4096)).await;
+    let resp = c.run(job("web", "service", 3, 100, 128)).await;
+    let allocs = c.wait_allocs("web", 3).await;
+    let mut names: Vec<_> = allocs.iter().map(|a| a.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["web.g[0]", "web.g[1]", "web.g[2]"]);
+    assert!(allocs.iter().all(|a| a.node_id.as_str() == "n1"));
+    let eval_id = resp["EvalID"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(5),
+        "the evaluation completes",
+        || async {
+            c.client
+                .get(&format!("/v1/evaluation/{eval_id}"))
+                .await
+                .json()["Status"]
+                == "complete"
+        },
+    )
+    .await;
+    // Scaling down stops the highest indexes.
+    c.run(job("web", "service", 1, 100, 128)).await;
+    let left = c.wait_allocs("web", 1).await;
+    assert_eq!(left[0].name, "web.g[0]");
+}
+
+#[tokio::test]
+async fn bin_packing_fills_a_node_before_using_the_next() {
+    let c = cluster().await;
+    for id in ["a", "b"] {
+        c.add_node(&node(id, 4000, 4096)).await;
+    }
+    // Different jobs (no anti-affinity between them): each lands on the fuller node.
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let id = format!("j{i}");
+        c.run(job(&id, "service", 1, 900, 900)).await;
+        nodes.push(c.wait_allocs(&id, 1).await[0].node_id.clone());
+    }
+    assert!(
+        nodes.iter().all(|n| *n == nodes[0]),
+        "expected one node filled first, got {nodes:?}"
+    );
+    // The fifth does not fit there any more and goes to the other node.
+    c.run(job("j4", "service", 1, 900, 900)).await;
+    let fifth = c.wait_allocs("j4", 1).await[0].node_id.clone();
+    assert_ne!(fifth, nodes[0]);
+}
+
+#[tokio::test]
+async fn a_job_that_does_not_fit_is_blocked_with_a_reason_and_placed_when_a_node_joins() {
+    let c = cluster().await;
+    c.add_node(&node("small", 1000, 256)).await;
+    c.run(job("big", "service", 1, 500, 2048)).await;
+    eventually(Duration::from_secs(10), "a blocked evaluation", || async {
+        let evals = c.client.get("/v1/job/big/evaluations").await.json();
+        evals
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Status"] == "blocked")
+    })
+    .await;
+    let evals = c.client.get("/v1/job/big/evaluations").await.json();
+    let completed = evals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Status"] == "complete")
+        .unwrap();
+    let metric = &completed["FailedTGAllocs"]["g"];
+    assert_eq!(metric["DimensionExhausted"]["memory"], 1, "{metric}");
+    assert_eq!(completed["QueuedAllocations"]["g"], 1);
+    assert!(c.allocs("big").is_empty());
+
+    c.add_node(&node("large", 4000, 8192)).await;
+    let placed = c.wait_allocs("big", 1).await;
+    assert_eq!(placed[0].node_id.as_str(), "large");
+    eventually(
+        Duration::from_secs(5),
+        "the blocked evaluation completes",
+        || async {
+            let evals = c.server.cache.evals.snapshot();
+            evals
+                .objects
+                .values()
+                .filter(|e| e.job_id.as_str() == "big")
+                .all(|e| e.status == EvalStatus::Complete)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_system_job_lands_on_every_node_including_one_that_joins() {
+    let c = cluster().await;
+    c.add_node(&node("n1", 2000, 2048)).await;
+    c.add_node(&node("n2", 2000, 2048)).await;
+    c.run(job("agent", "system", 1, 100, 64)).await;
+    c.wait_allocs("agent", 2).await;
+    c.add_node(&node("n3", 2000, 2048)).await;
+    let allocs = c.wait_allocs("agent", 3).await;
+    let mut on: Vec<_> = allocs.iter().map(|a| a.node_id.to_string()).collect();
+    on.sort();
+    assert_eq!(on, ["n1", "n2", "n3"]);
+}
+
+#[tokio::test]
+async fn stopping_a_job_stops_its_allocations() {
+    let c = cluster().await;
+    c.add_node(&node("n1", 4000, 4096)).await;
+    c.run(job("gone", "service", 2, 100, 64)).await;
+    c.wait_allocs("gone", 2).await;
+    c.client.delete("/v1/job/gone").await.expect(200);
+    c.wait_allocs("gone", 0).await;
+    eventually(Duration::from_secs(5), "the job is dead", || async {
+        c.client.get("/v1/job/gone").await.json()["Status"] == "dead"
+    })
+    .await;
+}
