@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-
 wire_enum! {
     /// What the servers want of an allocation.
     pub enum DesiredStatus {
@@ -255,7 +254,9 @@ impl Allocation {
             node_id: self.node_id.clone(),
             node_name: self.node_name.clone(),
             job_id: self.job_id.clone(),
-            job_type: job.map(|j| j.r#type.as_str().to_owned()).unwrap_or_default(),
+            job_type: job
+                .map(|j| j.r#type.as_str().to_owned())
+                .unwrap_or_default(),
             job_version: job.map(|j| j.version).unwrap_or_default(),
             task_group: self.task_group.clone(),
             allocated_resources: if fields.resources {

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod job;
 pub mod jobspec;
 pub mod node;
+pub mod plan;
 pub mod resources;
 pub mod schema;
 pub mod service;

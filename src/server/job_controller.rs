@@ -273,6 +273,9 @@ struct Writes {
     job: Option<Job>,
     /// Placements recorded in the scheduler, undone if the writes fail.
     placed: Vec<AllocId>,
+    /// Per group: why placements failed, and how many.
+    failed: BTreeMap<String, AllocMetric>,
+    queued: BTreeMap<String, i32>,
 }
 
 #[async_trait::async_trait]
@@ -332,7 +335,15 @@ impl Controller for JobController {
             // Something may still be blocked: retry placements only when capacity changes.
             return Ok(wake(plan.wake_at, now));
         }
-        let writes = self.compute(job.as_deref(), &allocs, &open_evals, &plan, &mut sched, now);
+        let writes = compute(
+            &self.seed,
+            job.as_deref(),
+            &allocs,
+            &open_evals,
+            &plan,
+            &mut sched,
+            now,
+        );
         let placed = writes.placed.clone();
         drop(sched);
         match self.apply(job.as_deref(), writes).await {
@@ -361,226 +372,285 @@ fn wake(at: Option<i64>, now: i64) -> Next {
     }
 }
 
-impl JobController {
-    fn next_seed(&self) -> u64 {
-        self.seed
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+fn next_seed(seed: &AtomicU64) -> u64 {
+    seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+}
+
+/// Turns a plan into the objects to write; placements are made in the scheduler as it goes.
+fn compute(
+    seed: &AtomicU64,
+    job: Option<&Job>,
+    allocs: &[Allocation],
+    open_evals: &[Evaluation],
+    plan: &Plan,
+    sched: &mut Scheduler,
+    now: i64,
+) -> Writes {
+    let mut w = Writes::default();
+    let by_id: HashMap<&AllocId, &Allocation> = allocs.iter().map(|a| (&a.id, a)).collect();
+    let mut updated: BTreeMap<AllocId, Allocation> = BTreeMap::new();
+    let mut touch = |id: &AllocId, f: &mut dyn FnMut(&mut Allocation)| {
+        if let Some(a) = updated.get_mut(id) {
+            f(a);
+        } else if let Some(a) = by_id.get(id) {
+            let mut a = (*a).clone();
+            f(&mut a);
+            updated.insert(id.clone(), a);
+        }
+    };
+
+    // The evaluation this round is recorded under: the oldest pending one, or a new one.
+    let pending: Vec<&Evaluation> = open_evals
+        .iter()
+        .filter(|e| e.status == EvalStatus::Pending)
+        .collect();
+    let eval_id = pending
+        .first()
+        .map(|e| e.id.clone())
+        .unwrap_or_else(EvalId::random);
+    let new_eval_needed = pending.is_empty() && !plan.is_empty();
+
+    // Stops first (they free room), except a rescheduled allocation's: that one is stopped only
+    // if its replacement is placed.
+    let is_reschedule_stop = |id: &AllocId| {
+        plan.place
+            .iter()
+            .any(|p| p.is_reschedule() && p.previous_alloc.as_ref() == Some(id))
+    };
+    for stop in plan
+        .stop
+        .iter()
+        .filter(|s| !is_reschedule_stop(&s.alloc_id))
+    {
+        touch(&stop.alloc_id, &mut |a| {
+            a.desired_status = DesiredStatus::Stop;
+            a.desired_description = stop.description.to_owned();
+            if let Some(cs) = stop.client_status {
+                a.client_status = cs;
+            }
+            a.modify_time = now;
+        });
+        if let Some(a) = by_id.get(&stop.alloc_id) {
+            sched.remove(a);
+        }
+    }
+    for d in &plan.disconnect {
+        touch(&d.alloc_id, &mut |a| {
+            a.client_status = ClientStatus::Unknown;
+            a.client_description = reconcile::descriptions::UNKNOWN.to_owned();
+            a.alloc_states.push(caravan_schemas::alloc::AllocState {
+                field: 0,
+                value: "unknown".into(),
+                time: caravan_schemas::time::Timestamp::from_unix_nanos(now),
+            });
+            a.modify_time = now;
+        });
+    }
+    if let Some(job) = job {
+        for id in &plan.inplace_update {
+            touch(id, &mut |a| {
+                a.job = Some(Box::new(job.clone()));
+                a.modify_time = now;
+            });
+        }
     }
 
-    /// Turns a plan into the objects to write; placements are made in the scheduler as it goes.
-    fn compute(
-        &self,
-        job: Option<&Job>,
-        allocs: &[Allocation],
-        open_evals: &[Evaluation],
-        plan: &Plan,
-        sched: &mut Scheduler,
-        now: i64,
-    ) -> Writes {
-        let mut w = Writes::default();
-        let by_id: HashMap<&AllocId, &Allocation> = allocs.iter().map(|a| (&a.id, a)).collect();
-        let mut updated: BTreeMap<AllocId, Allocation> = BTreeMap::new();
-        let mut touch = |id: &AllocId, f: &mut dyn FnMut(&mut Allocation)| {
-            if let Some(a) = updated.get_mut(id) {
-                f(a);
-            } else if let Some(a) = by_id.get(id) {
-                let mut a = (*a).clone();
-                f(&mut a);
-                updated.insert(id.clone(), a);
-            }
-        };
-
-        // The evaluation this round is recorded under: the oldest pending one, or a new one.
-        let pending: Vec<&Evaluation> = open_evals
+    // Placements: new allocations, and the new half of destructive updates — whose old half is
+    // stopped only when the new one found a node.
+    let mut failed: BTreeMap<String, AllocMetric> = BTreeMap::new();
+    let mut queued: BTreeMap<String, i32> = BTreeMap::new();
+    if let Some(job) = job {
+        for group in &job.task_groups {
+            queued.insert(group.name.clone(), 0);
+        }
+        let work = plan
+            .place
             .iter()
-            .filter(|e| e.status == EvalStatus::Pending)
-            .collect();
-        let eval_id = pending
-            .first()
-            .map(|e| e.id.clone())
-            .unwrap_or_else(EvalId::random);
-        let new_eval_needed = pending.is_empty() && !plan.is_empty();
-
-        for stop in &plan.stop {
-            touch(&stop.alloc_id, &mut |a| {
-                a.desired_status = DesiredStatus::Stop;
-                a.desired_description = stop.description.to_owned();
-                if let Some(cs) = stop.client_status {
-                    a.client_status = cs;
-                }
-                a.modify_time = now;
-            });
-            if let Some(a) = by_id.get(&stop.alloc_id) {
-                sched.remove(a);
+            .map(|p| (p, None))
+            .chain(plan.destructive_update.iter().map(|d| (&d.place, Some(d))));
+        for (place, destructive) in work {
+            let Some(group) = job.group(&place.group) else {
+                continue;
+            };
+            let old = destructive.and_then(|d| by_id.get(&d.alloc_id).copied());
+            if let Some(old) = old {
+                sched.remove(old);
             }
-        }
-        for d in &plan.disconnect {
-            touch(&d.alloc_id, &mut |a| {
-                a.client_status = ClientStatus::Unknown;
-                a.client_description = reconcile::descriptions::UNKNOWN.to_owned();
-                a.modify_time = now;
-            });
-        }
-        if let Some(job) = job {
-            for id in &plan.inplace_update {
-                touch(id, &mut |a| {
-                    a.job = Some(Box::new(job.clone()));
+            let alloc_id = AllocId::random();
+            let opts = SelectOptions {
+                seed: next_seed(seed),
+                penalty_nodes: place.penalty_nodes.clone(),
+                preferred_node: place.preferred_node.clone(),
+                alloc_id: Some(alloc_id.clone()),
+            };
+            let result = match &place.node {
+                Some(node) => sched.select_node(job, group, node, &opts),
+                None => sched.select(job, group, &opts),
+            };
+            let p = match result {
+                Ok(p) => p,
+                Err(metric) => {
+                    if let Some(old) = old {
+                        sched.add(old);
+                    }
+                    if place.is_reschedule()
+                        && let Some(prev) = &place.previous_alloc
+                    {
+                        // Keep the failed allocation, marked so the next round retries it.
+                        touch(prev, &mut |a| {
+                            let tracker = a.reschedule_tracker.get_or_insert_with(Default::default);
+                            tracker.last_reschedule =
+                                reconcile::reschedule::LAST_RESCHEDULE_NO_PLACEMENT.to_owned();
+                            a.modify_time = now;
+                        });
+                    }
+                    // A system job's node that fails its constraints just doesn't run it.
+                    if place.node.is_some() && metric.nodes_exhausted == 0 {
+                        continue;
+                    }
+                    *queued.entry(place.group.clone()).or_default() += 1;
+                    failed
+                        .entry(place.group.clone())
+                        .and_modify(|m| m.coalesced_failures += 1)
+                        .or_insert(metric);
+                    continue;
+                }
+            };
+            w.placed.push(alloc_id.clone());
+            if let Some(d) = destructive {
+                touch(&d.alloc_id, &mut |a| {
+                    a.desired_status = DesiredStatus::Stop;
+                    a.desired_description = d.description.to_owned();
                     a.modify_time = now;
                 });
             }
-        }
-        for d in &plan.destructive_update {
-            touch(&d.alloc_id, &mut |a| {
-                a.desired_status = DesiredStatus::Stop;
-                a.desired_description = d.description.to_owned();
-                a.modify_time = now;
-            });
-            if let Some(a) = by_id.get(&d.alloc_id) {
-                sched.remove(a);
-            }
-        }
-
-        let mut failed: BTreeMap<String, AllocMetric> = BTreeMap::new();
-        let mut queued: BTreeMap<String, i32> = BTreeMap::new();
-        if let Some(job) = job {
-            for group in &job.task_groups {
-                queued.insert(group.name.clone(), 0);
-            }
-            for place in plan.placements() {
-                let Some(group) = job.group(&place.group) else {
-                    continue;
-                };
-                let alloc_id = AllocId::random();
-                let opts = SelectOptions {
-                    seed: self.next_seed(),
-                    penalty_nodes: place.penalty_nodes.clone(),
-                    preferred_node: place.preferred_node.clone(),
-                    alloc_id: Some(alloc_id.clone()),
-                };
-                let result = match &place.node {
-                    Some(node) => sched.select_node(job, group, node, &opts),
-                    None => sched.select(job, group, &opts),
-                };
-                match result {
-                    Ok(p) => {
-                        w.placed.push(alloc_id.clone());
-                        if let Some(prev) = &place.previous_alloc {
-                            touch(prev, &mut |a| {
-                                a.next_allocation = alloc_id.clone();
-                                a.modify_time = now;
-                            });
-                        }
-                        w.allocs.push((
-                            Allocation {
-                                id: alloc_id,
-                                namespace: job.namespace.clone(),
-                                eval_id: eval_id.clone(),
-                                name: place.name.clone(),
-                                node_id: p.node_id,
-                                node_name: p.node_name,
-                                job_id: job.id.clone(),
-                                job: Some(Box::new(job.clone())),
-                                task_group: place.group.clone(),
-                                allocated_resources: Some(p.resources),
-                                metrics: Some(p.metric),
-                                desired_status: DesiredStatus::Run,
-                                client_status: ClientStatus::Pending,
-                                previous_allocation: place
-                                    .previous_alloc
-                                    .clone()
-                                    .unwrap_or_default(),
-                                reschedule_tracker: place.reschedule_tracker.clone(),
-                                create_time: now,
-                                modify_time: now,
-                                ..Allocation::default()
-                            },
-                            0,
-                        ));
+            if let Some(prev) = &place.previous_alloc {
+                let rescheduled = plan
+                    .stop
+                    .iter()
+                    .find(|s| &s.alloc_id == prev && place.is_reschedule());
+                touch(prev, &mut |a| {
+                    a.next_allocation = alloc_id.clone();
+                    if let Some(stop) = rescheduled {
+                        a.desired_status = DesiredStatus::Stop;
+                        a.desired_description = stop.description.to_owned();
                     }
-                    // A system job's node that fails its constraints just doesn't run it.
-                    Err(metric) if place.node.is_some() && metric.nodes_exhausted == 0 => {}
-                    Err(metric) => {
-                        *queued.entry(place.group.clone()).or_default() += 1;
-                        failed
-                            .entry(place.group.clone())
-                            .and_modify(|m| m.coalesced_failures += 1)
-                            .or_insert(metric);
-                    }
-                }
+                    a.modify_time = now;
+                });
             }
+            w.allocs.push((
+                Allocation {
+                    id: alloc_id,
+                    namespace: job.namespace.clone(),
+                    eval_id: eval_id.clone(),
+                    name: place.name.clone(),
+                    node_id: p.node_id,
+                    node_name: p.node_name,
+                    job_id: job.id.clone(),
+                    job: Some(Box::new(job.clone())),
+                    task_group: place.group.clone(),
+                    allocated_resources: Some(p.resources),
+                    metrics: Some(p.metric),
+                    desired_status: DesiredStatus::Run,
+                    client_status: ClientStatus::Pending,
+                    previous_allocation: place.previous_alloc.clone().unwrap_or_default(),
+                    reschedule_tracker: place.reschedule_tracker.clone(),
+                    create_time: now,
+                    modify_time: now,
+                    ..Allocation::default()
+                },
+                0,
+            ));
         }
-        w.allocs.extend(updated.into_values().map(|a| {
-            let rev = a.modify_index;
-            (a, rev)
-        }));
+    }
+    w.allocs.extend(updated.into_values().map(|a| {
+        let rev = a.modify_index;
+        (a, rev)
+    }));
 
-        // Evaluations: complete what was pending; keep one blocked evaluation while something
-        // could not be placed, and complete it once everything is.
-        let blocked = open_evals
-            .iter()
-            .find(|e| e.status == EvalStatus::Blocked)
-            .cloned();
-        let mut blocked_id = EvalId::default();
-        if !failed.is_empty() {
-            let mut b = blocked.clone().unwrap_or_else(|| {
-                let mut e = job
-                    .map(|j| new_eval(j, TriggeredBy::QueuedAllocs, now))
-                    .unwrap_or_default();
-                e.status = EvalStatus::Blocked;
-                e.status_description = "created to place remaining allocations".into();
-                e.previous_eval = eval_id.clone();
-                e
-            });
-            b.failed_tg_allocs = failed.clone();
-            b.queued_allocations = queued.clone();
-            b.modify_time = now;
-            blocked_id = b.id.clone();
-            w.evals.push(b);
-        } else if let Some(mut b) = blocked {
-            b.status = EvalStatus::Complete;
-            b.status_description = String::new();
-            b.queued_allocations = queued.clone();
-            b.failed_tg_allocs.clear();
-            b.modify_time = now;
-            w.evals.push(b);
+    // Evaluations: complete what was pending; keep one blocked evaluation while something
+    // could not be placed, and complete it once everything is.
+    let blocked = open_evals
+        .iter()
+        .find(|e| e.status == EvalStatus::Blocked)
+        .cloned();
+    let mut blocked_id = EvalId::default();
+    if !failed.is_empty() {
+        let mut b = blocked.clone().unwrap_or_else(|| {
+            let mut e = job
+                .map(|j| new_eval(j, TriggeredBy::QueuedAllocs, now))
+                .unwrap_or_default();
+            e.status = EvalStatus::Blocked;
+            e.status_description = "created to place remaining allocations".into();
+            e.previous_eval = eval_id.clone();
+            e
+        });
+        b.failed_tg_allocs = failed.clone();
+        b.queued_allocations = queued.clone();
+        b.modify_time = now;
+        blocked_id = b.id.clone();
+        w.evals.push(b);
+    } else if let Some(mut b) = blocked {
+        b.status = EvalStatus::Complete;
+        b.status_description = String::new();
+        b.queued_allocations = queued.clone();
+        b.failed_tg_allocs.clear();
+        b.modify_time = now;
+        w.evals.push(b);
+    }
+    let mut round: Vec<Evaluation> = pending.into_iter().cloned().collect();
+    if new_eval_needed && let Some(j) = job {
+        let trigger = if blocked_id.is_empty() {
+            TriggeredBy::NodeUpdate
+        } else {
+            TriggeredBy::QueuedAllocs
+        };
+        let mut e = new_eval(j, trigger, now);
+        e.id = eval_id.clone();
+        round.push(e);
+    }
+    for mut e in round {
+        e.status = EvalStatus::Complete;
+        e.failed_tg_allocs = if e.id == eval_id {
+            failed.clone()
+        } else {
+            BTreeMap::new()
+        };
+        e.queued_allocations = queued.clone();
+        e.blocked_eval = blocked_id.clone();
+        if let Some(j) = job {
+            e.job_modify_index = j.job_modify_index;
         }
-        let mut round: Vec<Evaluation> = pending.into_iter().cloned().collect();
-        if new_eval_needed && let Some(j) = job {
-            let trigger = if blocked_id.is_empty() {
-                TriggeredBy::NodeUpdate
-            } else {
-                TriggeredBy::QueuedAllocs
-            };
-            let mut e = new_eval(j, trigger, now);
-            e.id = eval_id.clone();
-            round.push(e);
-        }
-        for mut e in round {
-            e.status = EvalStatus::Complete;
-            e.failed_tg_allocs = if e.id == eval_id {
-                failed.clone()
-            } else {
-                BTreeMap::new()
-            };
-            e.queued_allocations = queued.clone();
-            e.blocked_eval = blocked_id.clone();
-            if let Some(j) = job {
-                e.job_modify_index = j.job_modify_index;
-            }
-            e.modify_time = now;
-            w.evals.push(e);
-        }
-
-        if let Some(j) = job
-            && j.status != plan.job_status.as_str()
-        {
-            let mut j = j.clone();
-            j.status = plan.job_status.as_str().to_owned();
-            w.job = Some(j);
-        }
-        w
+        e.modify_time = now;
+        w.evals.push(e);
     }
 
+    // The job's status as it will be: its allocations after these writes, and work still
+    // waiting when something could not be placed.
+    let after: Vec<Allocation> = {
+        let written: HashMap<&AllocId, &Allocation> =
+            w.allocs.iter().map(|(a, _)| (&a.id, a)).collect();
+        allocs
+            .iter()
+            .filter(|a| !written.contains_key(&a.id))
+            .chain(written.values().copied())
+            .cloned()
+            .collect()
+    };
+    let status = reconcile::job_status(job, &after, !failed.is_empty());
+    if let Some(j) = job
+        && j.status != status.as_str()
+    {
+        let mut j = j.clone();
+        j.status = status.as_str().to_owned();
+        w.job = Some(j);
+    }
+    w.failed = failed;
+    w.queued = queued;
+    w
+}
+
+impl JobController {
     /// Writes in transactions no larger than the store takes, each fenced by leadership and
     /// guarded by the job's revision and each updated allocation's. Returns the last revision.
     async fn apply(&self, job: Option<&Job>, writes: Writes) -> Result<i64, String> {
@@ -655,4 +725,79 @@ impl JobController {
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
     serde_json::to_vec(value).map_err(|e| format!("encoding: {e}"))
+}
+
+/// What registering a job would do, computed without writing anything: the scheduler's
+/// annotations per group and the placements that would fail (`POST /v1/job/:id/plan`).
+#[derive(Debug, Default)]
+pub struct DryRun {
+    pub desired_tg_updates: BTreeMap<String, caravan_schemas::plan::DesiredUpdates>,
+    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
+}
+
+/// Plans `proposed` against the current state on a scratch copy of the cluster.
+pub fn dry_run(server: &Server, proposed: &Job) -> DryRun {
+    let now = now_nanos();
+    let key = job_key_of(proposed);
+    let current = server.cache.jobs.get(&proposed.key(&server.keys));
+    let mut job = proposed.clone();
+    job.canonicalize();
+    match current.as_deref() {
+        Some(cur) if super::writes::spec_of(cur) == super::writes::spec_of(&job) => {
+            job.version = cur.version
+        }
+        Some(cur) => job.version = cur.version + 1,
+        None => job.version = 0,
+    }
+    let alloc_snap = server.cache.allocs.snapshot();
+    let allocs: Vec<Allocation> = alloc_snap
+        .by(Index::ByJob, &key)
+        .map(|a| (**a).clone())
+        .collect();
+    let node_snap = server.cache.nodes.snapshot();
+    let nodes = NodeView::index(node_snap.objects.values().map(AsRef::as_ref));
+    let mut sched = build_scheduler(server);
+    let eligible = if matches!(job.r#type, JobType::System | JobType::Sysbatch) {
+        sched.eligible_nodes(&job)
+    } else {
+        Vec::new()
+    };
+    let plan = reconcile::reconcile(&Input {
+        job: Some(&job),
+        allocs: &allocs,
+        nodes: &nodes,
+        eligible_nodes: &eligible,
+        now,
+    });
+    let writes = compute(
+        &AtomicU64::new(now.unsigned_abs()),
+        Some(&job),
+        &allocs,
+        &[],
+        &plan,
+        &mut sched,
+        now,
+    );
+    DryRun {
+        desired_tg_updates: plan
+            .desired_tg_updates
+            .iter()
+            .map(|(group, u)| {
+                (
+                    group.clone(),
+                    caravan_schemas::plan::DesiredUpdates {
+                        ignore: u.ignore,
+                        place: u.place,
+                        migrate: u.migrate,
+                        stop: u.stop,
+                        in_place_update: u.in_place_update,
+                        destructive_update: u.destructive_update,
+                        canary: u.canary,
+                        preemptions: u.preemptions,
+                    },
+                )
+            })
+            .collect(),
+        failed_tg_allocs: writes.failed,
+    }
 }

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod job_controller;
 pub mod leader;
+pub mod node_controller;
 pub mod objects;
 pub mod runtime;
 pub mod writes;
@@ -40,6 +41,7 @@ pub struct Informers {
     pub evals: Arc<Informer<Evaluation>>,
     pub deployments: Arc<Informer<Deployment>>,
     pub members: Arc<Informer<leader::Member>>,
+    pub heartbeats: Arc<Informer<writes_nodes::HeartbeatRecord>>,
 }
 
 impl Informers {
@@ -52,6 +54,7 @@ impl Informers {
             evals: Informer::new(),
             deployments: Informer::new(),
             members: Informer::new(),
+            heartbeats: Informer::new(),
         }
     }
 
@@ -103,7 +106,8 @@ impl Server {
             .feed(&server.keys, &server.cache.allocs)
             .feed(&server.keys, &server.cache.evals)
             .feed(&server.keys, &server.cache.deployments)
-            .feed(&server.keys, &server.cache.members);
+            .feed(&server.keys, &server.cache.members)
+            .feed(&server.keys, &server.cache.heartbeats);
         let span = tracing::info_span!("cache");
         tokio::spawn(
             feeder
@@ -117,6 +121,7 @@ impl Server {
         server.cache.evals.wait_synced().await;
         server.cache.deployments.wait_synced().await;
         server.cache.members.wait_synced().await;
+        server.cache.heartbeats.wait_synced().await;
         server
     }
 }

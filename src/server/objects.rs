@@ -23,6 +23,7 @@ pub enum Kind {
     Eval,
     Deployment,
     Member,
+    Heartbeat,
 }
 
 impl Kind {
@@ -36,6 +37,7 @@ impl Kind {
             Kind::Eval => "eval",
             Kind::Deployment => "deployment",
             Kind::Member => "member",
+            Kind::Heartbeat => "heartbeat",
         }
     }
 }

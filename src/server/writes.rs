@@ -58,7 +58,7 @@ pub struct Registered {
 }
 
 /// The fields the servers own; two jobs whose other fields match are the same spec.
-fn spec_of(job: &Job) -> Job {
+pub fn spec_of(job: &Job) -> Job {
     Job {
         status: String::new(),
         status_description: String::new(),
@@ -300,5 +300,84 @@ impl Server {
             "job {:?} kept changing while stopping it; try again",
             id.as_str()
         )))
+    }
+}
+
+impl Server {
+    /// Creates an evaluation for an existing job (`POST /v1/job/:id/evaluate`).
+    pub async fn evaluate_job(
+        &self,
+        namespace: &Namespace,
+        id: &JobId,
+    ) -> Result<Registered, WriteError> {
+        let (key, existing) = self.read_job(namespace.as_str(), id.as_str()).await?;
+        let Some((job, rev)) = existing else {
+            return Err(WriteError::NotFound("job not found".into()));
+        };
+        let eval = new_eval(&job, TriggeredBy::JobRegister, now_nanos());
+        let txn = Txn::new()
+            .when([Compare::unchanged(key, rev)])
+            .and_then([Op::put(eval.key(&self.keys), json(&eval)?)]);
+        let resp = self.store.txn(txn).await?;
+        if !resp.succeeded {
+            return Err(WriteError::Conflict(
+                "the job changed meanwhile; try again".into(),
+            ));
+        }
+        self.cache.wait_for(resp.revision, READ_YOUR_WRITES).await;
+        Ok(Registered {
+            eval_id: eval.id,
+            eval_create_index: resp.revision,
+            job_modify_index: job.job_modify_index,
+            index: resp.revision,
+            warnings: String::new(),
+        })
+    }
+
+    /// Sets one group's count: a new version of the job (`POST /v1/job/:id/scale`).
+    pub async fn scale_job(
+        &self,
+        namespace: &Namespace,
+        id: &JobId,
+        group: &str,
+        count: i32,
+    ) -> Result<Registered, WriteError> {
+        if count < 0 {
+            return Err(WriteError::Invalid(format!(
+                "scaling count must not be negative, got {count}"
+            )));
+        }
+        let (_, existing) = self.read_job(namespace.as_str(), id.as_str()).await?;
+        let Some((mut job, _)) = existing else {
+            return Err(WriteError::NotFound("job not found".into()));
+        };
+        if job.stop {
+            return Err(WriteError::Invalid(
+                "job is stopped; run it before scaling".into(),
+            ));
+        }
+        let Some(g) = job.task_groups.iter_mut().find(|g| g.name == group) else {
+            return Err(WriteError::Invalid(format!(
+                "task group {group:?} specified for scaling does not exist in job"
+            )));
+        };
+        if let Some(s) = &g.scaling
+            && (i64::from(count) > s.max || s.min.is_some_and(|min| i64::from(count) < min))
+        {
+            return Err(WriteError::Invalid(format!(
+                "group count {count} is outside its scaling policy (min {}, max {})",
+                s.min.unwrap_or(0),
+                s.max
+            )));
+        }
+        g.count = count;
+        let enforce = job.job_modify_index;
+        self.register_job(Register {
+            job,
+            enforce_index: true,
+            job_modify_index: enforce,
+            preserve_counts: false,
+        })
+        .await
     }
 }

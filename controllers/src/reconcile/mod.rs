@@ -7,14 +7,33 @@
 //! It is level-triggered and idempotent: applying a [`Plan`] and reconciling the result again
 //! yields an empty plan.
 //!
-//! - Service and batch jobs go through the count-based reconciler ([`cluster`]): per group keep
+//! - Service and batch jobs go through the count-based reconciler (`cluster.rs`): per group keep
 //!   `count` allocations named `job.group[i]`, replace lost and failed ones, migrate off draining
 //!   nodes, roll out new versions.
-//! - System and sysbatch jobs go through the per-node reconciler ([`node`]): one allocation per
+//! - System and sysbatch jobs go through the per-node reconciler (`node.rs`): one allocation per
 //!   group on every eligible node.
 //!
 //! Deployments (canaries, promotion, auto-revert) are not modelled yet; the rate limit of
-//! destructive updates lives in [`rollout`], which is where a deployment's state will plug in.
+//! destructive updates lives in `rollout.rs`, which is where a deployment's state will plug in.
+//!
+//! # Applying a plan
+//!
+//! - [`Plan::stop`]: set `DesiredStatus = stop`, `DesiredDescription = description`, and the
+//!   client status when given (`lost`). A stop with [`descriptions::RESCHEDULED`] belongs to the
+//!   [`PlaceReason::Reschedule`] placement whose `previous_alloc` it is: if that placement
+//!   fails, either leave the failed allocation alone or stop it and set its
+//!   `RescheduleTracker.LastReschedule` to [`reschedule::LAST_RESCHEDULE_NO_PLACEMENT`] (it is
+//!   then retried).
+//! - [`Plan::place`]: create `name` in `group` with the current job, `PreviousAllocation =
+//!   previous_alloc`, `RescheduleTracker = reschedule_tracker`; set the previous allocation's
+//!   `NextAllocation`. The scheduler picks the node (or checks `node` for system jobs).
+//! - [`Plan::inplace_update`]: replace the allocation's `Job` with the current one.
+//! - [`Plan::destructive_update`]: stop the old one only if its replacement is placed.
+//! - [`Plan::disconnect`]: `ClientStatus = unknown`, `ClientDescription =`
+//!   [`descriptions::UNKNOWN`], append an `AllocState { Field: 0, Value: "unknown", Time: now }`.
+//! - [`Plan::reschedule_later`]: create a follow-up evaluation at `at` and record it as the
+//!   allocation's `FollowupEvalID` (or just requeue the job for [`Plan::wake_at`]).
+//! - [`Plan::wake_at`]: reconcile the job again then, even if nothing else changes.
 
 mod cluster;
 mod node;

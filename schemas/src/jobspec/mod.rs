@@ -341,7 +341,10 @@ fn job_at(
 }
 
 /// Decodes the value at `path` of a tree into `T`, with every problem located in the source.
-pub fn decode_at<T: serde::de::DeserializeOwned>(tree: &Tree, path: &[Seg]) -> Result<T, SpecError> {
+pub fn decode_at<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    path: &[Seg],
+) -> Result<T, SpecError> {
     let value = path
         .iter()
         .try_fold(&tree.value, |v, seg| match seg {
@@ -370,9 +373,11 @@ fn serde_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
 
 /// serde names Rust types in its messages; say what a user would.
 fn plain(message: String) -> String {
-    ["i64", "i32", "u64", "u32", "u16", "u8"].iter().fold(message, |m, t| {
-        m.replace(&format!("expected {t}"), "expected a whole number")
-    })
+    ["i64", "i32", "u64", "u32", "u16", "u8"]
+        .iter()
+        .fold(message, |m, t| {
+            m.replace(&format!("expected {t}"), "expected a whole number")
+        })
 }
 
 fn problem(tree: &Tree, path: &[Seg], message: String) -> Problem {

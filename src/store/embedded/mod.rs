@@ -106,8 +106,10 @@ struct Inner {
     path: PathBuf,
     shared: Arc<Shared>,
     cmd_tx: mpsc::Sender<Command>,
-    /// `None` once closed.
-    db: RwLock<Option<Arc<Database>>>,
+    /// The writer thread owns the database: once it stops (close, or the last handle dropped),
+    /// the file is closed in that thread, never on the async runtime. Readers upgrade briefly,
+    /// inside `spawn_blocking`.
+    db: Weak<Database>,
     /// Kept to subscribe watchers; `None` once closed so that watchers see the end.
     events_tx: Mutex<Option<broadcast::Sender<Arc<CommittedBatch>>>>,
 }
@@ -189,8 +191,9 @@ impl EmbeddedStore {
         let database = Arc::new(database);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events_tx, _) = broadcast::channel(options.broadcast_capacity.max(1));
+        let db_weak = Arc::downgrade(&database);
         let writer = Writer {
-            db: database.clone(),
+            db: database,
             shared: shared.clone(),
             rx: cmd_rx,
             events: events_tx.clone(),
@@ -207,7 +210,7 @@ impl EmbeddedStore {
             path: path.clone(),
             shared: shared.clone(),
             cmd_tx,
-            db: RwLock::new(Some(database)),
+            db: db_weak,
             events_tx: Mutex::new(Some(events_tx)),
         });
         tokio::spawn(
@@ -226,7 +229,7 @@ impl EmbeddedStore {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        read(&self.inner.db).clone().ok_or(StoreError::Closed)
+        self.inner.db.upgrade().ok_or(StoreError::Closed)
     }
 
     async fn call<T>(
@@ -312,8 +315,12 @@ impl Store for EmbeddedStore {
             .as_ref()
             .map(broadcast::Sender::subscribe)
             .ok_or(StoreError::Closed)?;
-        let db = Arc::downgrade(&self.db()?);
-        Ok(watch::stream(prefix.to_owned(), from, rx, db))
+        Ok(watch::stream(
+            prefix.to_owned(),
+            from,
+            rx,
+            self.inner.db.clone(),
+        ))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
@@ -365,7 +372,6 @@ impl Store for EmbeddedStore {
             // An error means the writer already exited: fine.
             let _ = rx.await;
         }
-        write(&self.inner.db).take();
         lock(&self.inner.events_tx).take();
         self.inner.shared.lease_changed.notify_one();
         tracing::info!(path = %self.inner.path.display(), "embedded store closed");

@@ -762,7 +762,7 @@ fn exponential_delay_doubles_the_last_one() {
     let failed = alloc(&job, "web", 0)
         .failed_at(NOW - 90 * SEC)
         .rescheduled(&[(NOW - 2 * HOUR, 30 * SEC), (NOW - HOUR, 60 * SEC)]);
-    let plan = run(Some(&job), &[failed.clone()], &nodes(&[]));
+    let plan = run(Some(&job), std::slice::from_ref(&failed), &nodes(&[]));
     assert_eq!(plan.reschedule_later[0].at, NOW - 90 * SEC + 120 * SEC);
 
     let failed = failed.failed_at(NOW - 3 * MIN);

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on top of hack/setup.sh: a real etcd for the store
+# conformance suite, busybox for test tasks and images.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+"$(dirname "$0")/setup.sh"
+apt_install etcd-server busybox-static
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -1,0 +1,117 @@
+//! `/v1/deployments`, `/v1/deployment/:id`, `/v1/deployment/allocations/:id`, and a job's
+//! deployments (`/v1/job/:id/deployments`, `/v1/job/:id/deployment`).
+
+use super::allocations::stub_fields;
+use super::jobs::watch;
+use super::{ApiError, Reply, Request, block_on, find_by_prefix, not_found};
+use crate::server::Server;
+use crate::server::cache::Snapshot;
+use crate::server::objects::Kind;
+use caravan_schemas::deployment::Deployment;
+use std::sync::Arc;
+use warp::http::Method;
+
+pub async fn route(server: &Server, req: &Request, segs: &[&str]) -> Result<Reply, ApiError> {
+    match (&req.method, segs) {
+        (&Method::GET, ["deployments"]) => list(server, req).await,
+        (&Method::GET, ["deployment", "allocations", id]) => allocations(server, req, id).await,
+        (&Method::GET, ["deployment", id]) => read(server, req, id).await,
+        (_, ["deployments"] | ["deployment", _] | ["deployment", "allocations", _]) => {
+            Err(ApiError::MethodNotAllowed)
+        }
+        _ => Err(not_found(segs)),
+    }
+}
+
+/// One deployment by ID or unique prefix, in any namespace.
+fn find(
+    server: &Server,
+    snap: &Snapshot<Deployment>,
+    req: &Request,
+    id: &str,
+) -> Result<Arc<Deployment>, ApiError> {
+    if let Some(d) = snap
+        .objects
+        .get(&server.keys.key(Kind::Deployment, req.namespace(), id))
+    {
+        return Ok(Arc::clone(d));
+    }
+    find_by_prefix(
+        snap.objects.values(),
+        |d: &Deployment| d.id.as_str(),
+        id,
+        "deployment",
+        "deployments",
+    )
+}
+
+async fn list(server: &Server, req: &Request) -> Result<Reply, ApiError> {
+    let deployments = watch(&server.cache.deployments, req).await?;
+    let prefix = req.prefix();
+    let list: Vec<&Deployment> = deployments
+        .objects
+        .values()
+        .filter(|d| req.in_namespace(d.namespace.as_str()) && d.id.as_str().starts_with(prefix))
+        .map(AsRef::as_ref)
+        .collect();
+    Reply::json(&list, deployments.index)
+}
+
+async fn read(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
+    let (snap, _) = block_on(&server.cache.deployments, req, |snap| {
+        match find(server, snap, req, id) {
+            Ok(d) => d.modify_index,
+            Err(_) => snap.index,
+        }
+    })
+    .await?;
+    let deployment = find(server, &snap, req, id)?;
+    Reply::json(deployment.as_ref(), deployment.modify_index)
+}
+
+async fn allocations(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
+    let allocs = watch(&server.cache.allocs, req).await?;
+    let fields = stub_fields(req);
+    let stubs: Vec<_> = allocs
+        .objects
+        .values()
+        .filter(|a| a.deployment_id.as_str() == id)
+        .map(|a| a.stub_with(fields))
+        .collect();
+    Reply::json(&stubs, allocs.index)
+}
+
+/// A job's deployments, newest first.
+fn job_deployments<'a>(
+    snap: &'a Snapshot<Deployment>,
+    req: &Request,
+    job: &str,
+) -> Vec<&'a Deployment> {
+    let ns = req.namespace();
+    let mut list: Vec<&Deployment> = snap
+        .objects
+        .values()
+        .filter(|d| d.job_id.as_str() == job && d.namespace.as_str() == ns)
+        .map(AsRef::as_ref)
+        .collect();
+    list.sort_by_key(|d| std::cmp::Reverse((d.create_index, d.job_version)));
+    list
+}
+
+/// `GET /v1/job/:id/deployments`.
+pub async fn for_job(server: &Server, req: &Request, job: &str) -> Result<Reply, ApiError> {
+    let snap = watch(&server.cache.deployments, req).await?;
+    Reply::json(&job_deployments(&snap, req, job), snap.index)
+}
+
+/// `GET /v1/job/:id/deployment`: the latest deployment, or `null`.
+pub async fn latest_for_job(server: &Server, req: &Request, job: &str) -> Result<Reply, ApiError> {
+    let (snap, index) = block_on(&server.cache.deployments, req, |snap| {
+        job_deployments(snap, req, job)
+            .first()
+            .map_or(snap.index, |d| d.modify_index)
+    })
+    .await?;
+    let latest = job_deployments(&snap, req, job).first().copied();
+    Reply::json(&latest, index)
+}

@@ -1,0 +1,429 @@
+//! `caravan alloc status`.
+
+use super::CliError;
+use super::conn::{self, ApiArgs, Resolved, block_on, check_id_length, err};
+use super::format::{
+    self, alloc_list, format_time, format_timestamp, kv, mib, now_nanos, section, short_id, table,
+    table_with, time_ago,
+};
+use crate::client::Client;
+use caravan_schemas::alloc::{Allocation, TaskState};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum AllocCommand {
+    /// Show an allocation: where it runs, its tasks, their resources and recent events.
+    Status(AllocStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AllocStatusArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Show full ids and the placement metrics.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Print the allocation as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The allocation's ID or a prefix of it.
+    pub id: String,
+}
+
+pub fn run(cmd: AllocCommand) -> Result<i32, CliError> {
+    match cmd {
+        AllocCommand::Status(args) => block_on(async move {
+            let client = args.api.client()?;
+            status(&client, &args.id, args.verbose, args.json).await
+        }),
+    }
+}
+
+/// The allocation an id or prefix names.
+pub async fn resolve_alloc_id(client: &Client, given: &str) -> Result<String, CliError> {
+    check_id_length(given)?;
+    let allocs = client
+        .allocations(given)
+        .await
+        .map_err(err("Error querying allocation"))?;
+    match conn::resolve(allocs, given, |a| a.id.as_str()) {
+        Resolved::One(a) => Ok(a.id.to_string()),
+        Resolved::None => Err(CliError::new(
+            1,
+            format!("No allocation(s) with prefix or id {given:?} found"),
+        )),
+        Resolved::Many(allocs) => Err(CliError::new(
+            1,
+            format!(
+                "Prefix matched multiple allocations\n\n{}",
+                alloc_list(&allocs, false, now_nanos())
+            ),
+        )),
+    }
+}
+
+pub async fn status(
+    client: &Client,
+    given: &str,
+    verbose: bool,
+    json: bool,
+) -> Result<i32, CliError> {
+    let id = resolve_alloc_id(client, given).await?;
+    let alloc = client
+        .allocation(&id)
+        .await
+        .map_err(err("Error querying allocation"))?;
+    if json {
+        println!("{}", format::json(&alloc)?);
+    } else {
+        println!("{}", alloc_status_text(&alloc, verbose, now_nanos()));
+    }
+    Ok(0)
+}
+
+/// Nomad's `formatAllocBasicInfo`.
+fn basic_info(a: &Allocation, verbose: bool, now: i64) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("ID", a.id.to_string()),
+        ("Eval ID", short_id(a.eval_id.as_str(), verbose).to_owned()),
+        ("Name", a.name.clone()),
+        ("Node ID", short_id(a.node_id.as_str(), verbose).to_owned()),
+        ("Node Name", a.node_name.clone()),
+        ("Job ID", a.job_id.to_string()),
+        (
+            "Job Version",
+            a.job
+                .as_ref()
+                .map(|j| j.version)
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        ("Client Status", a.client_status.to_string()),
+        ("Client Description", a.client_description.clone()),
+        ("Desired Status", a.desired_status.to_string()),
+        ("Desired Description", a.desired_description.clone()),
+        ("Created", time_ago(a.create_time, now)),
+        ("Modified", time_ago(a.modify_time, now)),
+    ];
+    if !a.deployment_id.is_empty() {
+        let health = match a.deployment_status.as_ref().and_then(|d| d.healthy) {
+            Some(true) => "healthy",
+            Some(false) => "unhealthy",
+            None => "unset",
+        };
+        rows.push((
+            "Deployment ID",
+            short_id(a.deployment_id.as_str(), verbose).to_owned(),
+        ));
+        rows.push(("Deployment Health", health.to_owned()));
+        if a.is_canary() {
+            rows.push(("Canary", "true".to_owned()));
+        }
+    }
+    if !a.next_allocation.is_empty() {
+        rows.push((
+            "Replacement Alloc ID",
+            short_id(a.next_allocation.as_str(), verbose).to_owned(),
+        ));
+    }
+    if !a.followup_eval_id.is_empty() {
+        rows.push((
+            "Follow-up Eval ID",
+            short_id(a.followup_eval_id.as_str(), verbose).to_owned(),
+        ));
+    }
+    kv(&rows)
+}
+
+/// The order Nomad lists tasks in: prestart, main, poststart, poststop; by name within each.
+fn task_order(a: &Allocation) -> Vec<(&str, &TaskState, String)> {
+    let hook = |task: &str| -> (u8, String) {
+        let lifecycle = a
+            .job
+            .as_ref()
+            .and_then(|j| j.group(&a.task_group))
+            .and_then(|g| g.task(task))
+            .and_then(|t| t.lifecycle.as_ref());
+        match lifecycle {
+            None => (1, String::new()),
+            Some(l) => {
+                let rank = match l.hook.as_str() {
+                    "prestart" => 0,
+                    "poststart" => 2,
+                    "poststop" => 3,
+                    _ => 1,
+                };
+                let label = if l.sidecar {
+                    format!(" ({} sidecar)", l.hook)
+                } else {
+                    format!(" ({})", l.hook)
+                };
+                (rank, label)
+            }
+        }
+    };
+    let mut tasks: Vec<(u8, &str, &TaskState, String)> = a
+        .task_states
+        .iter()
+        .map(|(name, state)| {
+            let (rank, label) = hook(name);
+            (rank, name.as_str(), state, label)
+        })
+        .collect();
+    tasks.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    tasks.into_iter().map(|(_, n, s, l)| (n, s, l)).collect()
+}
+
+/// `Task Resources:` for one task: CPU, memory and disk reserved, and its addresses.
+fn task_resources(a: &Allocation, task: &str) -> String {
+    let allocated = a.allocated_resources.as_ref();
+    let from_job = a
+        .job
+        .as_ref()
+        .and_then(|j| j.group(&a.task_group))
+        .and_then(|g| g.task(task))
+        .map(|t| &t.resources);
+    let (cpu, mem, mem_max) = match allocated.and_then(|r| r.tasks.get(task)) {
+        Some(t) => (t.cpu.cpu_shares, t.memory.memory_mb, t.memory.memory_max_mb),
+        None => from_job.map_or((0, 0, 0), |r| {
+            (
+                i64::from(r.cpu),
+                i64::from(r.memory_mb),
+                i64::from(r.memory_max_mb),
+            )
+        }),
+    };
+    let disk = allocated.map(|r| r.shared.disk_mb).unwrap_or_else(|| {
+        a.job
+            .as_ref()
+            .and_then(|j| j.group(&a.task_group))
+            .and_then(|g| g.ephemeral_disk.as_ref())
+            .map_or(0, |d| i64::from(d.size_mb))
+    });
+    let mut addrs: Vec<String> = Vec::new();
+    if let Some(r) = allocated {
+        for p in &r.shared.ports {
+            addrs.push(format!("{}: {}:{}", p.label, p.host_ip, p.value));
+        }
+        let task_networks = r
+            .tasks
+            .get(task)
+            .map(|t| t.networks.as_slice())
+            .unwrap_or(&[]);
+        for n in r.shared.networks.iter().chain(task_networks) {
+            for p in n.reserved_ports.iter().chain(&n.dynamic_ports) {
+                let addr = format!("{}: {}:{}", p.label, n.ip, p.value);
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+    }
+    let memory = if mem_max != 0 && mem_max != mem {
+        format!("{} (max {})", mib(mem), mib(mem_max))
+    } else {
+        mib(mem)
+    };
+    let mut rows = vec![vec![
+        format!("{cpu} MHz"),
+        memory,
+        mib(disk),
+        addrs
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format::NONE.to_owned()),
+    ]];
+    for addr in addrs.iter().skip(1) {
+        rows.push(vec![
+            String::new(),
+            String::new(),
+            String::new(),
+            addr.clone(),
+        ]);
+    }
+    // Further addresses go on rows of their own, under the first.
+    let text = table_with(&["CPU", "Memory", "Disk", "Addresses"], &rows, "");
+    format!("Task Resources:\n{text}")
+}
+
+/// `Task Events:` and `Recent Events:` (newest first).
+fn task_events(state: &TaskState) -> String {
+    let basic = kv(&[
+        ("Started At", format_timestamp(state.started_at)),
+        ("Finished At", format_timestamp(state.finished_at)),
+        ("Total Restarts", state.restarts.to_string()),
+        ("Last Restart", format_timestamp(state.last_restart)),
+    ]);
+    let rows: Vec<Vec<String>> = state
+        .events
+        .iter()
+        .rev()
+        .map(|e| {
+            let msg = if e.display_message.is_empty() {
+                e.describe()
+            } else {
+                e.display_message.clone()
+            };
+            vec![format_time(e.time), e.kind.clone(), msg]
+        })
+        .collect();
+    format!(
+        "Task Events:\n{basic}\n\nRecent Events:\n{}",
+        table(&["Time", "Type", "Description"], &rows)
+    )
+}
+
+/// `alloc status <id>` as text.
+pub fn alloc_status_text(a: &Allocation, verbose: bool, now: i64) -> String {
+    let mut out = basic_info(a, verbose, now);
+    if verbose && let Some(m) = &a.metrics {
+        let metrics = kv(&[
+            ("Evaluated Nodes", m.nodes_evaluated.to_string()),
+            ("Filtered Nodes", m.nodes_filtered.to_string()),
+            ("Exhausted Nodes", m.nodes_exhausted.to_string()),
+            ("Allocation Time", m.allocation_time.to_string()),
+            ("Failures", m.coalesced_failures.to_string()),
+        ]);
+        section(&mut out, "Placement Metrics", &metrics);
+    }
+    for (task, state, label) in task_order(a) {
+        out.push_str(&format!(
+            "\n\nTask {task:?}{label} is {:?}\n{}\n\n{}",
+            state.state.as_str(),
+            task_resources(a, task),
+            task_events(state)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravan_schemas::alloc::{ClientStatus, TaskEvent, TaskStatus};
+    use caravan_schemas::resources::{
+        AllocatedCpuResources, AllocatedMemoryResources, AllocatedPortMapping, AllocatedResources,
+        AllocatedSharedResources, AllocatedTaskResources,
+    };
+    use caravan_schemas::time::Timestamp;
+    use std::collections::BTreeMap;
+
+    const NOW: i64 = 1_714_564_800_000_000_000;
+    const SEC: i64 = 1_000_000_000;
+
+    fn alloc() -> Allocation {
+        let t0 = NOW - 60 * SEC;
+        let state = TaskState {
+            state: TaskStatus::Running,
+            started_at: Timestamp::from_unix_nanos(t0 + 2 * SEC),
+            events: vec![
+                TaskEvent::new("Received", t0),
+                TaskEvent::new("Task Setup", t0 + SEC).with_message("Building Task Directory"),
+                TaskEvent::new("Started", t0 + 2 * SEC),
+            ],
+            ..TaskState::default()
+        };
+        Allocation {
+            id: "8ba85cef-1111-2222-3333-444444444444".into(),
+            eval_id: "abcd1234-0000-0000-0000-000000000000".into(),
+            name: "example.cache[0]".into(),
+            node_id: "171a583b-0000-0000-0000-000000000000".into(),
+            node_name: "node1".into(),
+            job_id: "example".into(),
+            task_group: "cache".into(),
+            client_status: ClientStatus::Running,
+            client_description: "Tasks are running".into(),
+            create_time: NOW - 328 * SEC,
+            modify_time: NOW - 312 * SEC,
+            task_states: BTreeMap::from([("redis".to_owned(), state)]),
+            allocated_resources: Some(AllocatedResources {
+                tasks: BTreeMap::from([(
+                    "redis".to_owned(),
+                    AllocatedTaskResources {
+                        cpu: AllocatedCpuResources {
+                            cpu_shares: 500,
+                            ..Default::default()
+                        },
+                        memory: AllocatedMemoryResources {
+                            memory_mb: 256,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )]),
+                shared: AllocatedSharedResources {
+                    disk_mb: 300,
+                    ports: vec![AllocatedPortMapping {
+                        label: "db".into(),
+                        value: 23456,
+                        to: 6379,
+                        host_ip: "127.0.0.1".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Allocation::default()
+        }
+    }
+
+    #[test]
+    fn alloc_status_reads_like_nomad() {
+        let text = alloc_status_text(&alloc(), false, NOW);
+        let expected = "ID                  = 8ba85cef-1111-2222-3333-444444444444
+Eval ID             = abcd1234
+Name                = example.cache[0]
+Node ID             = 171a583b
+Node Name           = node1
+Job ID              = example
+Job Version         = 0
+Client Status       = running
+Client Description  = Tasks are running
+Desired Status      = run
+Desired Description = <none>
+Created             = 5m28s ago
+Modified            = 5m12s ago
+
+Task \"redis\" is \"running\"
+Task Resources:
+CPU      Memory   Disk     Addresses
+500 MHz  256 MiB  300 MiB  db: 127.0.0.1:23456
+
+Task Events:
+Started At     = 2024-05-01T11:59:02Z
+Finished At    = N/A
+Total Restarts = 0
+Last Restart   = N/A
+
+Recent Events:
+Time                  Type        Description
+2024-05-01T11:59:02Z  Started     Task started by client
+2024-05-01T11:59:01Z  Task Setup  Building Task Directory
+2024-05-01T11:59:00Z  Received    Task received by client";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn deployment_fields_and_several_addresses() {
+        let mut a = alloc();
+        a.deployment_id = "d0d0d0d0-1".into();
+        if let Some(r) = a.allocated_resources.as_mut() {
+            r.shared.ports.push(AllocatedPortMapping {
+                label: "http".into(),
+                value: 8080,
+                host_ip: "127.0.0.1".into(),
+                ..Default::default()
+            });
+        }
+        let text = alloc_status_text(&a, false, NOW);
+        assert!(
+            text.contains("Deployment ID       = d0d0d0d0\nDeployment Health   = unset"),
+            "{text}"
+        );
+        assert!(
+            text.contains("500 MHz  256 MiB  300 MiB  db: 127.0.0.1:23456\n                           http: 127.0.0.1:8080\n"),
+            "{text}"
+        );
+    }
+}
