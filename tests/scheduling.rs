@@ -6,9 +6,9 @@
 
 mod support;
 
-use caravan::server::objects::Object;
-use caravan::server::{Identity, Server, job_controller};
-use caravan::store::{self, Store, StoreSpec};
+use caravan::server::writes_nodes::HeartbeatConfig;
+use caravan::server::{Identity, Options, Server, job_controller, node_controller};
+use caravan::store::{self, StoreSpec};
 use caravan_schemas::alloc::Allocation;
 use caravan_schemas::eval::EvalStatus;
 use caravan_schemas::ids::NodeId;
@@ -21,8 +21,9 @@ use support::eventually;
 
 struct Cluster {
     server: Arc<Server>,
-    store: Arc<dyn Store>,
     client: Client,
+    /// Nodes that heartbeat, as a simulated agent would.
+    beating: Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -37,9 +38,15 @@ async fn cluster() -> Cluster {
         datacenter: "dc1".into(),
         advertise: addr.clone(),
     };
-    let server = Server::start(Arc::clone(&store), identity).await;
+    // Short heartbeats, so a silent node goes down within seconds.
+    let heartbeat = HeartbeatConfig {
+        ttl: Duration::from_millis(700),
+        grace: Duration::from_millis(700),
+    };
+    let server = Server::start_with(Arc::clone(&store), identity, Options { heartbeat }).await;
     let leadership = server.start_membership();
     job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    node_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     tokio::spawn(caravan::api::serve(
         Arc::clone(&server),
         listener,
@@ -50,10 +57,26 @@ async fn cluster() -> Cluster {
         .await
         .unwrap()
         .unwrap();
+    let client = Client::new(&format!("http://{addr}"));
+    let beating: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    {
+        let (client, beating) = (client.clone(), Arc::clone(&beating));
+        tokio::spawn(async move {
+            loop {
+                let ids = beating.lock().unwrap().clone();
+                for id in ids {
+                    client
+                        .put(&format!("/v1/client/node/{id}/heartbeat"), &json!({}))
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+    }
     Cluster {
         server,
-        store,
-        client: Client::new(&format!("http://{addr}")),
+        client,
+        beating,
         _dir: dir,
     }
 }
@@ -87,19 +110,18 @@ fn node(id: &str, cpu: i64, memory_mb: i64) -> Node {
 }
 
 impl Cluster {
+    /// Registers a node through the agents' endpoint and keeps it heartbeating.
     async fn add_node(&self, n: &Node) {
-        let rev = self
-            .store
-            .put(&n.key(&self.server.keys), serde_json::to_vec(n).unwrap())
+        self.client
+            .post("/v1/client/node/register", &json!({ "Node": n }))
             .await
-            .unwrap();
-        assert!(
-            self.server
-                .cache
-                .nodes
-                .wait_for(rev, Duration::from_secs(5))
-                .await
-        );
+            .expect(200);
+        self.beating.lock().unwrap().push(n.id.to_string());
+    }
+
+    /// The node stops heartbeating, as if its agent died.
+    fn silence(&self, id: &str) {
+        self.beating.lock().unwrap().retain(|n| n != id);
     }
 
     async fn run(&self, job: Value) -> Value {
@@ -265,5 +287,45 @@ async fn stopping_a_job_stops_its_allocations() {
     eventually(Duration::from_secs(5), "the job is dead", || async {
         c.client.get("/v1/job/gone").await.json()["Status"] == "dead"
     })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_heartbeating_loses_its_allocations_and_they_come_back_elsewhere() {
+    let c = cluster().await;
+    for id in ["a", "b"] {
+        c.add_node(&node(id, 4000, 4096)).await;
+    }
+    c.run(job("web", "service", 4, 500, 256)).await;
+    let placed = c.wait_allocs("web", 4).await;
+    let on_a: Vec<String> = placed
+        .iter()
+        .filter(|a| a.node_id.as_str() == "a")
+        .map(|a| a.id.to_string())
+        .collect();
+    assert!(
+        !on_a.is_empty(),
+        "anti-affinity spreads the group over both nodes"
+    );
+
+    c.silence("a");
+    eventually(Duration::from_secs(15), "node a is down", || async {
+        c.client.get("/v1/node/a").await.json()["Status"] == "down"
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "a's allocations are lost and replaced on b",
+        || async {
+            let snap = c.server.cache.allocs.snapshot();
+            let lost = on_a.iter().all(|id| {
+                snap.objects
+                    .values()
+                    .any(|a| a.id.as_str() == id && a.client_status.to_string() == "lost")
+            });
+            let live: Vec<_> = c.allocs("web");
+            lost && live.len() == 4 && live.iter().all(|a| a.node_id.as_str() == "b")
+        },
+    )
     .await;
 }

@@ -11,7 +11,7 @@ use super::{Api, ApiError, Reply, Request, not_found};
 use crate::server::Server;
 use crate::server::cache::Snapshot;
 use crate::server::objects::Index;
-use crate::server::writes_nodes::{AllocUpdate, HeartbeatConfig, RegisterNode};
+use crate::server::writes_nodes::{AllocUpdate, RegisterNode};
 use caravan_schemas::alloc::Allocation;
 use caravan_schemas::ids::NodeId;
 use caravan_schemas::node::Node;
@@ -100,7 +100,7 @@ async fn register(server: &Server, req: &Request) -> Result<Reply, ApiError> {
     let done = server
         .register_node(
             RegisterNode { node, status_given },
-            HeartbeatConfig::default(),
+            server.options.heartbeat,
         )
         .await?;
     let leader = server.leader().await?.map(|l| l.addr).unwrap_or_default();
@@ -133,7 +133,7 @@ struct HeartbeatResponse {
 
 async fn heartbeat(server: &Server, id: &str) -> Result<Reply, ApiError> {
     let done = server
-        .heartbeat_node(&NodeId::new(id), HeartbeatConfig::default())
+        .heartbeat_node(&NodeId::new(id), server.options.heartbeat)
         .await?;
     let index = done.index;
     Reply::json(

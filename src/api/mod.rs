@@ -591,7 +591,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     serve_api(
-        Api::new(server, Arc::new(Metrics::new())),
+        Api::new(Arc::clone(&server), Arc::clone(&server.metrics)),
         listener,
         shutdown,
     )

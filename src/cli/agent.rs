@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub dev: bool,
     pub store: String,
     pub log_level: String,
+    /// Node heartbeat TTL and grace.
+    pub heartbeat: crate::server::writes_nodes::HeartbeatConfig,
 }
 
 fn hostname() -> String {
@@ -142,6 +144,16 @@ impl AgentConfig {
                 .clone()
                 .or(spec.log_level.clone())
                 .unwrap_or_else(|| "info".into()),
+            heartbeat: {
+                let mut hb = crate::server::writes_nodes::HeartbeatConfig::default();
+                if let Some(ttl) = server_spec.min_heartbeat_ttl {
+                    hb.ttl = ttl.0.to_std();
+                }
+                if let Some(grace) = server_spec.heartbeat_grace {
+                    hb.grace = grace.0.to_std();
+                }
+                hb
+            },
         })
     }
 }
@@ -239,7 +251,10 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
         datacenter: config.datacenter.clone(),
         advertise: advertise.clone(),
     };
-    let server = Server::start(Arc::clone(&store), identity).await;
+    let options = crate::server::Options {
+        heartbeat: config.heartbeat,
+    };
+    let server = Server::start_with(Arc::clone(&store), identity, options).await;
     let leadership = server.start_membership();
     let _jobs =
         crate::server::job_controller::start(Arc::clone(&server), leadership.is_leader.clone());

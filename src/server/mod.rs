@@ -80,24 +80,45 @@ impl Informers {
     }
 }
 
+/// Tunables of a server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Node heartbeat TTL and grace (Nomad's `min_heartbeat_ttl`, `heartbeat_grace`).
+    pub heartbeat: writes_nodes::HeartbeatConfig,
+}
+
 /// A running server: its store, keys and caches.
 #[derive(Debug)]
 pub struct Server {
     pub store: Arc<dyn Store>,
     pub keys: Keys,
     pub identity: Identity,
+    pub options: Options,
     pub cache: Informers,
+    /// Every component registers its metrics here; the API serves them.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
     /// Starts the caches and waits for their first list.
     pub async fn start(store: Arc<dyn Store>, identity: Identity) -> Arc<Server> {
+        Self::start_with(store, identity, Options::default()).await
+    }
+
+    /// [`Server::start`] with options.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        identity: Identity,
+        options: Options,
+    ) -> Arc<Server> {
         let keys = Keys::new(&identity.region);
         let server = Arc::new(Server {
             store,
             keys,
             identity,
+            options,
             cache: Informers::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         let feeder = cache::Feeder::default()
             .feed(&server.keys, &server.cache.jobs)
