@@ -35,6 +35,12 @@ pub struct Metrics {
     registry: Registry,
     /// The HTTP API.
     pub api: ApiMetrics,
+    /// Controllers: reconciles and placements.
+    pub controllers: ControllerMetrics,
+    /// What the cache holds: allocations and nodes by status.
+    pub cluster: ClusterMetrics,
+    /// Store operations.
+    pub store: StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -48,7 +54,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("caravan");
         let api = ApiMetrics::register(registry.sub_registry_with_prefix("http"));
-        Metrics { registry, api }
+        let controllers =
+            ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let cluster = ClusterMetrics::register(&mut registry);
+        let store = StoreMetrics::register(registry.sub_registry_with_prefix("store"));
+        Metrics {
+            registry,
+            api,
+            controllers,
+            cluster,
+            store,
+        }
     }
 
     /// The registry in the Prometheus text format (0.0.4), as `/metrics` serves it.
@@ -129,6 +145,187 @@ impl ApiMetrics {
             .inc();
         self.latency
             .get_or_create(&RouteLabels { method, route })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// A controller's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+/// A reconcile's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// A placement's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    /// `placed` or `failed`.
+    pub result: &'static str,
+}
+
+/// The controllers' metrics.
+#[derive(Debug)]
+pub struct ControllerMetrics {
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_duration: HistogramFamily<ControllerLabels>,
+    placements: Family<PlacementLabels, Counter>,
+    placement_duration: Histogram,
+}
+
+impl ControllerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_duration: HistogramFamily<ControllerLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let placements = Family::<PlacementLabels, Counter>::default();
+        let placement_duration = Histogram::new(exponential_buckets(0.000_001, 4.0, 12));
+        registry.register(
+            "reconciles",
+            "Reconciles by controller and result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile latency by controller",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "placements",
+            "Allocation placements by result",
+            placements.clone(),
+        );
+        registry.register(
+            "placement_duration_seconds",
+            "Time the scheduler takes to place one allocation",
+            placement_duration.clone(),
+        );
+        ControllerMetrics {
+            reconciles,
+            reconcile_duration,
+            placements,
+            placement_duration,
+        }
+    }
+
+    /// Records one reconcile.
+    pub fn reconciled(&self, controller: &'static str, ok: bool, elapsed: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one placement attempt.
+    pub fn placed(&self, ok: bool, elapsed: Duration) {
+        let result = if ok { "placed" } else { "failed" };
+        self.placements
+            .get_or_create(&PlacementLabels { result })
+            .inc();
+        self.placement_duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// A status label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+/// Gauges of what the cluster holds, refreshed from the cache.
+#[derive(Debug)]
+pub struct ClusterMetrics {
+    allocations: Family<StatusLabels, prometheus_client::metrics::gauge::Gauge>,
+    nodes: Family<StatusLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let allocations =
+            Family::<StatusLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        let nodes = Family::<StatusLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "allocations",
+            "Allocations by client status",
+            allocations.clone(),
+        );
+        registry.register("nodes", "Nodes by status", nodes.clone());
+        ClusterMetrics { allocations, nodes }
+    }
+
+    /// Sets the allocation counts; statuses not given are set to zero.
+    pub fn set_allocations(&self, counts: &std::collections::BTreeMap<String, i64>) {
+        set_all(
+            &self.allocations,
+            &[
+                "pending", "running", "complete", "failed", "lost", "unknown",
+            ],
+            counts,
+        );
+    }
+
+    /// Sets the node counts; statuses not given are set to zero.
+    pub fn set_nodes(&self, counts: &std::collections::BTreeMap<String, i64>) {
+        set_all(
+            &self.nodes,
+            &["initializing", "ready", "down", "disconnected"],
+            counts,
+        );
+    }
+}
+
+fn set_all(
+    family: &Family<StatusLabels, prometheus_client::metrics::gauge::Gauge>,
+    known: &[&str],
+    counts: &std::collections::BTreeMap<String, i64>,
+) {
+    for status in known {
+        let n = counts.get(*status).copied().unwrap_or(0);
+        family
+            .get_or_create(&StatusLabels {
+                status: (*status).to_owned(),
+            })
+            .set(n);
+    }
+}
+
+/// An operation's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+/// Store operation latency.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    duration: HistogramFamily<OpLabels>,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let duration: HistogramFamily<OpLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
+        registry.register(
+            "operation_duration_seconds",
+            "Store operation latency by operation",
+            duration.clone(),
+        );
+        StoreMetrics { duration }
+    }
+
+    /// Records one store operation.
+    pub fn observe(&self, op: &'static str, elapsed: Duration) {
+        self.duration
+            .get_or_create(&OpLabels { op })
             .observe(elapsed.as_secs_f64());
     }
 }

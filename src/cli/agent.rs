@@ -258,6 +258,13 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     let leadership = server.start_membership();
     let _jobs =
         crate::server::job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    let _nodes =
+        crate::server::node_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    crate::server::compactor::start(
+        Arc::clone(&server),
+        leadership.is_leader.clone(),
+        crate::server::compactor::INTERVAL,
+    );
 
     println!("==> Caravan agent configuration:\n");
     println!("       Advertise Addrs: HTTP: {advertise}");

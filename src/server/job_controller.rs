@@ -49,11 +49,13 @@ pub fn start(server: Arc<Server>, leading: watch::Receiver<bool>) -> Arc<JobCont
         seed: AtomicU64::new(0x5eed_cafe),
     });
     spawn_feeders(&controller, leading.clone());
+    let metrics = Arc::clone(&controller.server.metrics);
     runtime::run(
         Arc::clone(&controller),
         Arc::clone(&controller.queue),
         1,
         leading,
+        metrics,
     );
     controller
 }
@@ -336,6 +338,7 @@ impl Controller for JobController {
             return Ok(wake(plan.wake_at, now));
         }
         let writes = compute(
+            Some(&self.server.metrics.controllers),
             &self.seed,
             job.as_deref(),
             &allocs,
@@ -378,6 +381,7 @@ fn next_seed(seed: &AtomicU64) -> u64 {
 
 /// Turns a plan into the objects to write; placements are made in the scheduler as it goes.
 fn compute(
+    metrics: Option<&crate::metrics::ControllerMetrics>,
     seed: &AtomicU64,
     job: Option<&Job>,
     allocs: &[Allocation],
@@ -483,10 +487,14 @@ fn compute(
                 preferred_node: place.preferred_node.clone(),
                 alloc_id: Some(alloc_id.clone()),
             };
+            let started = std::time::Instant::now();
             let result = match &place.node {
                 Some(node) => sched.select_node(job, group, node, &opts),
                 None => sched.select(job, group, &opts),
             };
+            if let Some(m) = metrics {
+                m.placed(result.is_ok(), started.elapsed());
+            }
             let p = match result {
                 Ok(p) => p,
                 Err(metric) => {
@@ -770,6 +778,7 @@ pub fn dry_run(server: &Server, proposed: &Job) -> DryRun {
         now,
     });
     let writes = compute(
+        None,
         &AtomicU64::new(now.unsigned_abs()),
         Some(&job),
         &allocs,

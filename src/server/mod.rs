@@ -1,6 +1,7 @@
 //! The server half of the agent: the watch cache, the controllers' runtime, leader election and
 //! membership. Writes go straight to the store; reads come from the cache.
 pub mod cache;
+pub mod compactor;
 pub mod job_controller;
 pub mod leader;
 pub mod node_controller;
@@ -112,13 +113,14 @@ impl Server {
         options: Options,
     ) -> Arc<Server> {
         let keys = Keys::new(&identity.region);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let server = Arc::new(Server {
-            store,
+            store: crate::store::metered::Metered::wrap(store, Arc::clone(&metrics)),
             keys,
             identity,
             options,
             cache: Informers::new(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         });
         let feeder = cache::Feeder::default()
             .feed(&server.keys, &server.cache.jobs)
@@ -143,6 +145,28 @@ impl Server {
         server.cache.deployments.wait_synced().await;
         server.cache.members.wait_synced().await;
         server.cache.heartbeats.wait_synced().await;
+        tokio::spawn(gauges(Arc::clone(&server)).instrument(tracing::info_span!("cluster-gauges")));
         server
+    }
+}
+
+/// Refreshes the allocation and node gauges from the cache every few seconds.
+async fn gauges(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let mut allocs = std::collections::BTreeMap::new();
+        for a in server.cache.allocs.snapshot().objects.values() {
+            *allocs.entry(a.client_status.to_string()).or_insert(0) += 1;
+        }
+        server.metrics.cluster.set_allocations(&allocs);
+        let mut nodes = std::collections::BTreeMap::new();
+        for n in server.cache.nodes.snapshot().objects.values() {
+            *nodes.entry(n.status.to_string()).or_insert(0) += 1;
+        }
+        server.metrics.cluster.set_nodes(&nodes);
+        if Arc::strong_count(&server) == 1 {
+            return;
+        }
     }
 }

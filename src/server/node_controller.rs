@@ -90,11 +90,13 @@ pub fn start(server: Arc<Server>, leading: watch::Receiver<bool>) -> Arc<NodeCon
         }
     };
     tokio::spawn(feed.instrument(tracing::info_span!("node-controller-feed")));
+    let metrics = Arc::clone(&controller.server.metrics);
     runtime::run(
         Arc::clone(&controller),
         Arc::clone(&controller.queue),
         1,
         leading,
+        metrics,
     );
     controller
 }

@@ -129,12 +129,14 @@ pub fn run<C: Controller>(
     queue: Arc<WorkQueue<C::Key>>,
     workers: usize,
     leading: watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let failures: Arc<Mutex<HashMap<C::Key, u32>>> = Arc::new(Mutex::new(HashMap::new()));
     for worker in 0..workers {
         let controller = Arc::clone(&controller);
         let queue = Arc::clone(&queue);
         let failures = Arc::clone(&failures);
+        let metrics = Arc::clone(&metrics);
         let mut leading = leading.clone();
         let span = tracing::info_span!("controller", name = controller.name(), worker);
         tokio::spawn(
@@ -149,6 +151,11 @@ pub fn run<C: Controller>(
                     };
                     let started = std::time::Instant::now();
                     let result = controller.reconcile(&key).await;
+                    metrics.controllers.reconciled(
+                        controller.name(),
+                        result.is_ok(),
+                        started.elapsed(),
+                    );
                     queue.done(&key);
                     let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
                     match result {

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 pub mod embedded;
 mod error;
 pub mod etcd;
+pub mod metered;
 mod spec;
 mod types;
 
