@@ -338,8 +338,10 @@ impl Controller for JobController {
             return Ok(wake(plan.wake_at, now));
         }
         let writes = compute(
-            Some(&self.server.metrics.controllers),
-            &self.seed,
+            &Placer {
+                seed: &self.seed,
+                metrics: Some(&self.server.metrics.controllers),
+            },
             job.as_deref(),
             &allocs,
             &open_evals,
@@ -380,9 +382,14 @@ fn next_seed(seed: &AtomicU64) -> u64 {
 }
 
 /// Turns a plan into the objects to write; placements are made in the scheduler as it goes.
+/// What placing needs besides the state: a seed source and where to record placements.
+struct Placer<'a> {
+    seed: &'a AtomicU64,
+    metrics: Option<&'a crate::metrics::ControllerMetrics>,
+}
+
 fn compute(
-    metrics: Option<&crate::metrics::ControllerMetrics>,
-    seed: &AtomicU64,
+    placer: &Placer<'_>,
     job: Option<&Job>,
     allocs: &[Allocation],
     open_evals: &[Evaluation],
@@ -482,7 +489,7 @@ fn compute(
             }
             let alloc_id = AllocId::random();
             let opts = SelectOptions {
-                seed: next_seed(seed),
+                seed: next_seed(placer.seed),
                 penalty_nodes: place.penalty_nodes.clone(),
                 preferred_node: place.preferred_node.clone(),
                 alloc_id: Some(alloc_id.clone()),
@@ -492,7 +499,7 @@ fn compute(
                 Some(node) => sched.select_node(job, group, node, &opts),
                 None => sched.select(job, group, &opts),
             };
-            if let Some(m) = metrics {
+            if let Some(m) = placer.metrics {
                 m.placed(result.is_ok(), started.elapsed());
             }
             let p = match result {
@@ -778,8 +785,10 @@ pub fn dry_run(server: &Server, proposed: &Job) -> DryRun {
         now,
     });
     let writes = compute(
-        None,
-        &AtomicU64::new(now.unsigned_abs()),
+        &Placer {
+            seed: &AtomicU64::new(now.unsigned_abs()),
+            metrics: None,
+        },
         Some(&job),
         &allocs,
         &[],
