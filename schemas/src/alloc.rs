@@ -130,7 +130,7 @@ pub struct Allocation {
     #[serde(rename = "JobID")]
     pub job_id: JobId,
     /// The job at the version this allocation runs.
-    pub job: Option<Box<crate::job::Job>>,
+    pub job: Option<std::sync::Arc<crate::job::Job>>,
     pub task_group: String,
     pub allocated_resources: Option<AllocatedResources>,
     /// How the scheduler placed it.

@@ -8,7 +8,7 @@
 //! while each informer's `index` still moves only when its own kind changes (Nomad's per-table
 //! index, which blocking queries wait on).
 
-use super::objects::{INDEXES, Index, Keys, Object};
+use super::objects::{INDEXES, Index, JobInterner, Keys, Object};
 use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
 use futures::StreamExt;
 use std::sync::{Arc, RwLock};
@@ -122,6 +122,7 @@ pub struct Informer<T> {
     applied: watch::Sender<Revision>,
     synced: watch::Sender<bool>,
     notices: broadcast::Sender<Arc<Notice<T>>>,
+    jobs: JobInterner,
 }
 
 impl<T: Object> Informer<T> {
@@ -132,6 +133,7 @@ impl<T: Object> Informer<T> {
             applied: watch::channel(0).0,
             synced: watch::channel(false).0,
             notices: broadcast::channel(4096).0,
+            jobs: JobInterner::default(),
         })
     }
 
@@ -209,7 +211,8 @@ impl<T: Object> Informer<T> {
     fn reset(&self, kvs: &[KeyValue], revision: Revision) {
         let mut fresh = Snapshot::empty();
         for kv in kvs {
-            if let Some(obj) = decode::<T>(kv) {
+            if let Some(mut obj) = decode::<T>(kv) {
+                obj.share(&self.jobs);
                 fresh.insert(kv.key.clone(), Arc::new(obj));
             }
         }
@@ -225,7 +228,10 @@ impl<T: Object> Informer<T> {
             next.index = next.index.max(event.revision());
             let key = event.kv.key.clone();
             let new = match event.kind {
-                EventKind::Put => decode::<T>(&event.kv).map(Arc::new),
+                EventKind::Put => decode::<T>(&event.kv).map(|mut obj| {
+                    obj.share(&self.jobs);
+                    Arc::new(obj)
+                }),
                 EventKind::Delete => None,
             };
             let old = match &new {

@@ -460,7 +460,7 @@ fn compute(
     if let Some(job) = job {
         for id in &plan.inplace_update {
             touch(id, &mut |a| {
-                a.job = Some(Box::new(job.clone()));
+                a.job = Some(std::sync::Arc::new(job.clone()));
                 a.modify_time = now;
             });
         }
@@ -471,6 +471,8 @@ fn compute(
     let mut failed: BTreeMap<String, AllocMetric> = BTreeMap::new();
     let mut queued: BTreeMap<String, i32> = BTreeMap::new();
     if let Some(job) = job {
+        // Every allocation placed this round shares one snapshot of the job.
+        let snapshot = std::sync::Arc::new(job.clone());
         for group in &job.task_groups {
             queued.insert(group.name.clone(), 0);
         }
@@ -562,7 +564,7 @@ fn compute(
                     node_id: p.node_id,
                     node_name: p.node_name,
                     job_id: job.id.clone(),
-                    job: Some(Box::new(job.clone())),
+                    job: Some(std::sync::Arc::clone(&snapshot)),
                     task_group: place.group.clone(),
                     allocated_resources: Some(p.resources),
                     metrics: Some(p.metric),

@@ -131,6 +131,9 @@ pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// The object's key.
     fn key(&self, keys: &Keys) -> String;
 
+    /// Lets the cache share parts many objects hold identical copies of (an allocation's job).
+    fn share(&mut self, _jobs: &JobInterner) {}
+
     /// Sets `CreateIndex` and `ModifyIndex` from the key's revisions.
     fn set_indexes(&mut self, create: i64, modify: i64);
 }
@@ -180,6 +183,11 @@ impl Object for Node {
 
 impl Object for Allocation {
     const KIND: Kind = Kind::Alloc;
+    fn share(&mut self, jobs: &JobInterner) {
+        if let Some(job) = &self.job {
+            self.job = Some(jobs.intern(job));
+        }
+    }
     fn index_value(&self, index: Index) -> Option<String> {
         match index {
             Index::ByJob => Some(job_index(self.namespace.as_str(), self.job_id.as_str())),
@@ -220,5 +228,41 @@ impl Object for Deployment {
     fn set_indexes(&mut self, create: i64, modify: i64) {
         self.create_index = create;
         self.modify_index = modify;
+    }
+}
+
+/// Shares identical job snapshots between cached allocations: every allocation of a job version
+/// carries the same job, and a million allocations should not hold a million copies of it.
+#[derive(Debug, Default)]
+pub struct JobInterner {
+    jobs: std::sync::Mutex<(std::collections::HashMap<JobIdentity, std::sync::Weak<Job>>, usize)>,
+}
+
+/// What tells two job snapshots apart.
+type JobIdentity = (String, String, u64, i64, i64);
+
+impl JobInterner {
+    /// The shared copy of `job` (the first seen with the same identity and indexes).
+    pub fn intern(&self, job: &std::sync::Arc<Job>) -> std::sync::Arc<Job> {
+        let id = (
+            job.namespace.to_string(),
+            job.id.to_string(),
+            job.version,
+            job.job_modify_index,
+            job.create_index,
+        );
+        let mut guard = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, inserts) = &mut *guard;
+        if let Some(shared) = map.get(&id).and_then(std::sync::Weak::upgrade)
+            && *shared == **job
+        {
+            return shared;
+        }
+        map.insert(id, std::sync::Arc::downgrade(job));
+        *inserts += 1;
+        if *inserts % 1024 == 0 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        std::sync::Arc::clone(job)
     }
 }

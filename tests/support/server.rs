@@ -159,7 +159,7 @@ pub mod fixtures {
             node_id: NodeId::new(node),
             node_name: format!("client-{node}"),
             job_id: JobId::new(job_id),
-            job: Some(Box::new(job)),
+            job: Some(std::sync::Arc::new(job)),
             task_group: "web".into(),
             desired_status: DesiredStatus::Run,
             client_status: ClientStatus::Running,

@@ -610,7 +610,7 @@ impl AllocBuilder {
     pub fn job(mut self, job: &Job) -> Self {
         self.0.job_id = job.id.clone();
         self.0.namespace = job.namespace.clone();
-        self.0.job = Some(Box::new(job.clone()));
+        self.0.job = Some(std::sync::Arc::new(job.clone()));
         self.0.name = alloc_name(job.id.as_str(), &self.0.task_group, 0);
         self
     }

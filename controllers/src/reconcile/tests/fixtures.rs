@@ -127,7 +127,7 @@ pub fn alloc(job: &Job, group: &str, index: u32) -> Allocation {
         name: alloc_name(job.id.as_str(), group, index),
         node_id: NodeId::new("n1"),
         job_id: job.id.clone(),
-        job: Some(Box::new(job.clone())),
+        job: Some(std::sync::Arc::new(job.clone())),
         task_group: group.into(),
         desired_status: DesiredStatus::Run,
         client_status: ClientStatus::Running,
@@ -404,7 +404,7 @@ impl World {
             }
         }
         for id in &plan.inplace_update {
-            let job = self.job.clone().map(Box::new);
+            let job = self.job.clone().map(std::sync::Arc::new);
             self.find(id).job = job;
         }
         for d in &plan.disconnect {
@@ -439,7 +439,7 @@ impl World {
                 name: place.name.clone(),
                 node_id: place.node.clone().unwrap_or_else(|| self.spare.clone()),
                 job_id: job.id.clone(),
-                job: Some(Box::new(job)),
+                job: Some(std::sync::Arc::new(job)),
                 task_group: place.group.clone(),
                 desired_status: DesiredStatus::Run,
                 client_status: ClientStatus::Pending,

@@ -283,7 +283,7 @@ fn build_world(job: &Job, node_specs: &[NodeSpec], specs: &[AllocSpec]) -> World
             name: alloc_name(job.id.as_str(), group, s.index),
             node_id: node_id(s.node),
             job_id: job.id.clone(),
-            job: Some(Box::new(version.clone())),
+            job: Some(std::sync::Arc::new(version.clone())),
             task_group: group.into(),
             desired_status: desired,
             desired_description: match (desired, s.migrate, s.last_reschedule_failed) {
