@@ -32,7 +32,15 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { jobs: 200, count: 1000, nodes: 5000, store: "embedded".into(), etcd: None, dir: None, concurrency: 8 };
+    let mut a = Args {
+        jobs: 200,
+        count: 1000,
+        nodes: 5000,
+        store: "embedded".into(),
+        etcd: None,
+        dir: None,
+        concurrency: 8,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -66,8 +74,16 @@ fn node(i: usize) -> Node {
     res.disk.disk_mb = 1_000_000;
     n.node_resources = Some(res);
     n.attributes.insert("kernel.name".into(), "linux".into());
-    n.attributes.insert("unique.network.ip-address".into(), "127.0.0.1".into());
-    n.drivers.insert("raw_exec".into(), DriverInfo { detected: true, healthy: true, ..DriverInfo::default() });
+    n.attributes
+        .insert("unique.network.ip-address".into(), "127.0.0.1".into());
+    n.drivers.insert(
+        "raw_exec".into(),
+        DriverInfo {
+            detected: true,
+            healthy: true,
+            ..DriverInfo::default()
+        },
+    );
     n
 }
 
@@ -83,7 +99,10 @@ fn job(i: usize, count: usize) -> serde_json::Value {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run(args));
 }
 
@@ -91,14 +110,22 @@ async fn run(args: Args) {
     let dir = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir)).unwrap();
     let spec = match args.store.as_str() {
         "embedded" => StoreSpec::embedded(dir.path().join("store")),
-        "etcd" => StoreSpec::etcd([args.etcd.clone().expect("--store etcd needs --etcd host:port")]),
+        "etcd" => StoreSpec::etcd([args
+            .etcd
+            .clone()
+            .expect("--store etcd needs --etcd host:port")]),
         other => panic!("unknown store {other}"),
     };
     let store = store::open(&spec).await.unwrap();
     let region = format!("bench{}", std::process::id());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let identity = Identity { name: "bench".into(), region: region.clone(), datacenter: "dc1".into(), advertise: addr.clone() };
+    let identity = Identity {
+        name: "bench".into(),
+        region: region.clone(),
+        datacenter: "dc1".into(),
+        advertise: addr.clone(),
+    };
     let server = Server::start(Arc::clone(&store), identity).await;
     let leadership = server.start_membership();
     let mut leading = leadership.is_leader.clone();
@@ -108,15 +135,22 @@ async fn run(args: Args) {
     let keys = Keys::new(&region);
     let batch = store.max_txn_ops().min(128);
     for chunk in (0..args.nodes).collect::<Vec<_>>().chunks(batch) {
-        let ops: Vec<Op> = chunk.iter().map(|&i| {
-            let n = node(i);
-            Op::put(n.key(&keys), serde_json::to_vec(&n).unwrap())
-        }).collect();
+        let ops: Vec<Op> = chunk
+            .iter()
+            .map(|&i| {
+                let n = node(i);
+                Op::put(n.key(&keys), serde_json::to_vec(&n).unwrap())
+            })
+            .collect();
         let rev = store.txn(Txn::new().and_then(ops)).await.unwrap().revision;
         server.cache.wait_for(rev, Duration::from_secs(30)).await;
     }
     job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
-    tokio::spawn(caravan::api::serve(Arc::clone(&server), listener, std::future::pending()));
+    tokio::spawn(caravan::api::serve(
+        Arc::clone(&server),
+        listener,
+        std::future::pending(),
+    ));
 
     // Count placements per job from the cache's change notices.
     let total = args.jobs * args.count;
@@ -147,14 +181,22 @@ async fn run(args: Args) {
         });
     }
 
-    eprintln!("==> submitting {} jobs x {} allocations over HTTP ({} at a time)", args.jobs, args.count, args.concurrency);
+    eprintln!(
+        "==> submitting {} jobs x {} allocations over HTTP ({} at a time)",
+        args.jobs, args.count, args.concurrency
+    );
     let http = reqwest::Client::new();
     let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut senders = Vec::new();
     for _ in 0..args.concurrency {
-        let (http, next, submitted, addr) = (http.clone(), Arc::clone(&next), Arc::clone(&submitted), addr.clone());
+        let (http, next, submitted, addr) = (
+            http.clone(),
+            Arc::clone(&next),
+            Arc::clone(&submitted),
+            addr.clone(),
+        );
         let (jobs, count) = (args.jobs, args.count);
         senders.push(tokio::spawn(async move {
             loop {
@@ -162,16 +204,31 @@ async fn run(args: Args) {
                 if i >= jobs {
                     return;
                 }
-                submitted.lock().unwrap().insert(format!("c1m-{i}"), Instant::now());
-                let resp = http.post(format!("http://{addr}/v1/jobs")).json(&job(i, count)).send().await.unwrap();
-                assert!(resp.status().is_success(), "register failed: {}", resp.text().await.unwrap_or_default());
+                submitted
+                    .lock()
+                    .unwrap()
+                    .insert(format!("c1m-{i}"), Instant::now());
+                let resp = http
+                    .post(format!("http://{addr}/v1/jobs"))
+                    .json(&job(i, count))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    resp.status().is_success(),
+                    "register failed: {}",
+                    resp.text().await.unwrap_or_default()
+                );
             }
         }));
     }
     for s in senders {
         s.await.unwrap();
     }
-    eprintln!("==> all jobs submitted after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "==> all jobs submitted after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let mut last_report = Instant::now();
     loop {
         let placed = *done_rx.borrow_and_update();
@@ -179,10 +236,16 @@ async fn run(args: Args) {
             break;
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            eprintln!("    {placed}/{total} placed after {:.0}s", started.elapsed().as_secs_f64());
+            eprintln!(
+                "    {placed}/{total} placed after {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
             last_report = Instant::now();
         }
-        if tokio::time::timeout(Duration::from_secs(120), done_rx.changed()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(120), done_rx.changed())
+            .await
+            .is_err()
+        {
             panic!("no progress for 120 s at {placed}/{total}");
         }
     }
@@ -191,13 +254,27 @@ async fn run(args: Args) {
     let placed_at = placed_at.lock().unwrap();
     let mut latencies: Vec<f64> = placed_at
         .iter()
-        .filter_map(|(job, (_, at))| Some(at.as_ref()?.duration_since(*submitted.get(job)?).as_secs_f64() * 1000.0))
+        .filter_map(|(job, (_, at))| {
+            Some(
+                at.as_ref()?
+                    .duration_since(*submitted.get(job)?)
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let p99 = latencies.get((latencies.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0.0);
+    let p99 = latencies
+        .get((latencies.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0);
     let rss_kb = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
         .unwrap_or_default();
     eprintln!("==> peak RSS {rss_kb} kB");
     println!(

@@ -6,3 +6,5 @@ set -euo pipefail
 "$(dirname "$0")/setup.sh"
 apt_install etcd-server busybox-static
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# python-nomad, the Nomad API client the compatibility test drives unchanged.
+python3 -c 'import nomad' 2>/dev/null || python3 -m pip install --quiet python-nomad==2.1.0

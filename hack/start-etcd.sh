@@ -5,6 +5,7 @@
 #                                   etcd.pid and endpoint; prints 127.0.0.1:<port> on stdout
 #   hack/start-etcd.sh --stop DIR   stop the etcd started in DIR
 #
+# CARAVAN_ETCD_QUOTA_BYTES raises etcd's backend quota (default 2 GiB, etcd's own default).
 # Example: CARAVAN_TEST_ETCD="$(hack/start-etcd.sh /tmp/etcd)" cargo nextest run --test store_conformance
 # etcd keeps running in the background until stopped; it never holds this script's stdout.
 set -euo pipefail
@@ -74,6 +75,7 @@ for attempt in 1 2 3 4 5; do
     --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
     --initial-cluster "caravan=http://127.0.0.1:$peer" \
     --logger zap --log-outputs stderr \
+    --quota-backend-bytes "${CARAVAN_ETCD_QUOTA_BYTES:-2147483648}" \
     </dev/null >>"$dir/etcd.log" 2>&1 &
   pid=$!
   echo "$pid" >"$dir/etcd.pid"

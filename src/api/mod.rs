@@ -55,7 +55,12 @@ impl Request {
 
     /// A boolean query parameter (`?purge=true`).
     pub fn flag(&self, name: &str) -> bool {
-        matches!(self.param(name), Some("true" | "1" | ""))
+        // As Go's strconv.ParseBool: 1, t, T, TRUE, true, True (python's requests sends "True");
+        // a bare `?purge` counts too.
+        matches!(
+            self.param(name),
+            Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 
     /// The namespace asked for, `default` when none.

@@ -235,7 +235,10 @@ impl Object for Deployment {
 /// carries the same job, and a million allocations should not hold a million copies of it.
 #[derive(Debug, Default)]
 pub struct JobInterner {
-    jobs: std::sync::Mutex<(std::collections::HashMap<JobIdentity, std::sync::Weak<Job>>, usize)>,
+    jobs: std::sync::Mutex<(
+        std::collections::HashMap<JobIdentity, std::sync::Weak<Job>>,
+        usize,
+    )>,
 }
 
 /// What tells two job snapshots apart.
