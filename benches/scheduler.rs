@@ -21,6 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Per job: allocations placed so far, and when the last one was.
+type Progress = HashMap<String, (usize, Option<Instant>)>;
+
 struct Args {
     jobs: usize,
     count: usize,
@@ -154,7 +157,7 @@ async fn run(args: Args) {
 
     // Count placements per job from the cache's change notices.
     let total = args.jobs * args.count;
-    let placed_at: Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>> = Arc::default();
+    let placed_at: Arc<Mutex<Progress>> = Arc::default();
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
     {
         let mut rx = server.cache.allocs.changes();
