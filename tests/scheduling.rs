@@ -329,3 +329,252 @@ async fn a_node_that_stops_heartbeating_loses_its_allocations_and_they_come_back
     )
     .await;
 }
+
+/// A node with attributes and meta for constraint tests.
+fn labelled(id: &str, attrs: &[(&str, &str)], meta: &[(&str, &str)]) -> Node {
+    let mut n = node(id, 4000, 4096);
+    for (k, v) in attrs {
+        n.attributes.insert((*k).into(), (*v).into());
+    }
+    for (k, v) in meta {
+        n.meta.insert((*k).into(), (*v).into());
+    }
+    n
+}
+
+fn constrained(id: &str, count: i64, constraint: Value) -> Value {
+    let mut j = job(id, "service", count, 100, 64);
+    j["Constraints"] = json!([constraint]);
+    j
+}
+
+#[tokio::test]
+async fn placement_honours_every_constraint_operator() {
+    let c = cluster().await;
+    c.add_node(&labelled(
+        "n1",
+        &[
+            ("os.name", "ubuntu"),
+            ("os.version", "22.04"),
+            ("driver.docker.version", "24.0.5"),
+            ("cpu.numcores", "8"),
+            ("unique.features", "avx,sse4,aes"),
+        ],
+        &[("rack", "r1"), ("tier", "gold")],
+    ))
+    .await;
+    c.add_node(&labelled(
+        "n2",
+        &[
+            ("os.name", "debian"),
+            ("os.version", "12"),
+            ("driver.docker.version", "20.10.2"),
+            ("cpu.numcores", "2"),
+            ("unique.features", "sse4"),
+        ],
+        &[("rack", "r2")],
+    ))
+    .await;
+    c.add_node(&labelled(
+        "n3",
+        &[
+            ("os.name", "debian"),
+            ("os.version", "11"),
+            ("driver.docker.version", "1.13.1"),
+            ("cpu.numcores", "4"),
+            ("unique.features", "aes,sse4"),
+        ],
+        &[("rack", "r2")],
+    ))
+    .await;
+
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        (
+            "eq",
+            json!({"LTarget": "${attr.os.name}", "Operand": "=", "RTarget": "ubuntu"}),
+            &["n1"],
+        ),
+        (
+            "ne",
+            json!({"LTarget": "${attr.os.name}", "Operand": "!=", "RTarget": "ubuntu"}),
+            &["n2", "n3"],
+        ),
+        (
+            "gt",
+            json!({"LTarget": "${attr.cpu.numcores}", "Operand": ">", "RTarget": "2"}),
+            &["n1", "n3"],
+        ),
+        (
+            "ge",
+            json!({"LTarget": "${attr.cpu.numcores}", "Operand": ">=", "RTarget": "4"}),
+            &["n1", "n3"],
+        ),
+        (
+            "lt",
+            json!({"LTarget": "${attr.cpu.numcores}", "Operand": "<", "RTarget": "4"}),
+            &["n2"],
+        ),
+        (
+            "le",
+            json!({"LTarget": "${attr.cpu.numcores}", "Operand": "<=", "RTarget": "4"}),
+            &["n2", "n3"],
+        ),
+        (
+            "regexp",
+            json!({"LTarget": "${attr.os.name}", "Operand": "regexp", "RTarget": "^deb"}),
+            &["n2", "n3"],
+        ),
+        (
+            "version",
+            json!({"LTarget": "${attr.driver.docker.version}", "Operand": "version", "RTarget": ">= 20.0, < 25.0"}),
+            &["n1", "n2"],
+        ),
+        (
+            "semver",
+            json!({"LTarget": "${attr.driver.docker.version}", "Operand": "semver", "RTarget": "< 2.0.0"}),
+            &["n3"],
+        ),
+        (
+            "set_contains",
+            json!({"LTarget": "${attr.unique.features}", "Operand": "set_contains", "RTarget": "aes"}),
+            &["n1", "n3"],
+        ),
+        (
+            "set_contains_all",
+            json!({"LTarget": "${attr.unique.features}", "Operand": "set_contains_all", "RTarget": "aes,avx"}),
+            &["n1"],
+        ),
+        (
+            "set_contains_any",
+            json!({"LTarget": "${attr.unique.features}", "Operand": "set_contains_any", "RTarget": "avx,sse4"}),
+            &["n1", "n2", "n3"],
+        ),
+        (
+            "is_set",
+            json!({"LTarget": "${meta.tier}", "Operand": "is_set"}),
+            &["n1"],
+        ),
+        (
+            "is_not_set",
+            json!({"LTarget": "${meta.tier}", "Operand": "is_not_set"}),
+            &["n2", "n3"],
+        ),
+    ];
+    for (name, constraint, allowed) in &cases {
+        c.run(constrained(name, 4, constraint.clone())).await;
+        let allocs = c.wait_allocs(name, 4).await;
+        for a in &allocs {
+            assert!(
+                allowed.contains(&a.node_id.as_str()),
+                "{name}: placed on {} (allowed {allowed:?})",
+                a.node_id
+            );
+        }
+    }
+
+    // distinct_hosts: one per node, the fourth cannot be placed.
+    c.run(constrained(
+        "hosts",
+        4,
+        json!({"Operand": "distinct_hosts"}),
+    ))
+    .await;
+    let allocs = c.wait_allocs("hosts", 3).await;
+    let mut on: Vec<_> = allocs.iter().map(|a| a.node_id.to_string()).collect();
+    on.sort();
+    assert_eq!(on, ["n1", "n2", "n3"]);
+    eventually(
+        Duration::from_secs(5),
+        "the fourth is blocked by distinct_hosts",
+        || async {
+            let evals = c.client.get("/v1/job/hosts/evaluations").await.json();
+            evals
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["Status"] == "blocked")
+        },
+    )
+    .await;
+
+    // distinct_property: at most one per rack value.
+    c.run(constrained(
+        "racks",
+        3,
+        json!({"LTarget": "${meta.rack}", "Operand": "distinct_property"}),
+    ))
+    .await;
+    let allocs = c.wait_allocs("racks", 2).await;
+    let racks: std::collections::BTreeSet<_> = allocs
+        .iter()
+        .map(|a| {
+            if a.node_id.as_str() == "n1" {
+                "r1"
+            } else {
+                "r2"
+            }
+        })
+        .collect();
+    assert_eq!(racks.len(), 2, "one allocation per rack");
+    assert_eq!(c.allocs("racks").len(), 2);
+}
+
+#[tokio::test]
+async fn draining_a_node_moves_its_allocations_away() {
+    let c = cluster().await;
+    c.add_node(&node("a", 4000, 4096)).await;
+    c.run(job("web", "service", 2, 100, 64)).await;
+    c.wait_allocs("web", 2).await;
+    c.add_node(&node("b", 4000, 4096)).await;
+    // Mark the allocations running and healthy, as an agent would, so migrations proceed.
+    for a in c.allocs("web") {
+        let update = json!({"Allocs": [{"ID": a.id, "ClientStatus": "running", "DeploymentStatus": {"Healthy": true}}]});
+        c.client
+            .post("/v1/client/allocations/update", &update)
+            .await
+            .expect(200);
+    }
+    c.client
+        .post("/v1/node/a/drain", &json!({"NodeID": "a", "DrainSpec": {"Deadline": 60_000_000_000i64, "IgnoreSystemJobs": false}}))
+        .await
+        .expect(200);
+    eventually(Duration::from_secs(20), "both allocations moved to b", || async {
+        let live = c.allocs("web");
+        // Replacements come up pending; report them healthy so the next one may move.
+        for a in &live {
+            if a.node_id.as_str() == "b" && a.client_status.to_string() == "pending" {
+                let update = json!({"Allocs": [{"ID": a.id, "ClientStatus": "running", "DeploymentStatus": {"Healthy": true}}]});
+                c.client.post("/v1/client/allocations/update", &update).await;
+            }
+        }
+        live.len() == 2 && live.iter().all(|a| a.node_id.as_str() == "b")
+    })
+    .await;
+    eventually(Duration::from_secs(15), "the drain completes", || async {
+        c.client.get("/v1/node/a").await.json()["DrainStrategy"].is_null()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn versions_come_with_diffs_when_asked() {
+    let c = cluster().await;
+    c.run(job("v", "service", 1, 100, 64)).await;
+    c.run(job("v", "service", 3, 100, 64)).await;
+    let plain = c.client.get("/v1/job/v/versions").await.json();
+    assert_eq!(plain["Versions"].as_array().unwrap().len(), 2);
+    assert!(plain["Diffs"].is_null());
+    let with = c.client.get("/v1/job/v/versions?diffs=true").await.json();
+    let diffs = with["Diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1);
+    let count = &diffs[0]["TaskGroups"][0]["Fields"];
+    assert!(
+        count
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["Name"] == "Count" && f["Old"] == "1" && f["New"] == "3"),
+        "{}",
+        diffs[0]
+    );
+}

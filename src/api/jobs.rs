@@ -227,7 +227,7 @@ async fn read(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiErro
 #[serde(rename_all = "PascalCase")]
 struct VersionsResponse {
     versions: Vec<Job>,
-    diffs: Option<Vec<serde_json::Value>>,
+    diffs: Option<Vec<caravan_schemas::plan::JobDiff>>,
 }
 
 async fn versions(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
@@ -250,13 +250,14 @@ async fn versions(server: &Server, req: &Request, id: &str) -> Result<Reply, Api
     {
         *first = (*current).clone();
     }
-    Reply::json(
-        &VersionsResponse {
-            versions,
-            diffs: None,
-        },
-        snap.index,
-    )
+    // `?diffs=true`: each version against the one before it, newest first, as Nomad answers.
+    let diffs = req.flag("diffs").then(|| {
+        versions
+            .windows(2)
+            .map(|pair| caravan_schemas::plan::job_diff(Some(&pair[1]), &pair[0]))
+            .collect()
+    });
+    Reply::json(&VersionsResponse { versions, diffs }, snap.index)
 }
 
 async fn allocations(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
