@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-const EXAMPLE: &str = include_str!("assets/example.nomad.hcl");
+const EXAMPLE: &str = include_str!("../../manifests/example.nomad.hcl");
 const EXAMPLE_FILE: &str = "example.nomad.hcl";
 
 #[derive(Debug, Subcommand)]
