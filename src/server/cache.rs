@@ -247,6 +247,30 @@ impl<T: Object> Informer<T> {
     }
 }
 
+/// Runs `on` for every batch of changes to an informer's kind — or with `None` when every object
+/// must be taken as changed (the cache re-listed, or this subscriber fell behind) — until the
+/// cache goes away. The task runs in `span`.
+pub fn follow<T: Object>(
+    informer: &Informer<T>,
+    span: tracing::Span,
+    mut on: impl FnMut(Option<&[Change<T>]>) + Send + 'static,
+) {
+    let mut rx = informer.changes();
+    let task = async move {
+        loop {
+            match rx.recv().await {
+                Ok(notice) => match notice.as_ref() {
+                    Notice::Changed(changes) => on(Some(changes)),
+                    Notice::Resync => on(None),
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => on(None),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
+}
+
 /// What the cache's single watch feeds: an informer of some kind.
 trait Sink: Send + Sync {
     fn prefix(&self) -> &str;

@@ -10,7 +10,7 @@
 //! change, so placing an allocation never costs a rebuild of the cluster's usage.
 
 use super::Server;
-use super::cache::Notice;
+use super::cache;
 use super::objects::{Index, Kind, Object, job_index};
 use super::runtime::{self, Controller, Next, WorkQueue};
 use super::writes::{new_eval, now_nanos};
@@ -23,9 +23,10 @@ use caravan_schemas::ids::{AllocId, EvalId};
 use caravan_schemas::job::{Job, JobType};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 /// How long a reconcile waits for the cache to show its own writes.
@@ -74,6 +75,15 @@ fn job_key_of(job: &Job) -> String {
 }
 
 impl JobController {
+    /// The cluster-wide scheduler (held only for synchronous work).
+    fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rebuild_scheduler(&self) {
+        *self.scheduler() = build_scheduler(&self.server);
+    }
+
     fn enqueue_all(&self) {
         for job in self.server.cache.jobs.snapshot().objects.values() {
             self.queue.add(job_key_of(job));
@@ -110,160 +120,91 @@ impl JobController {
 /// Subscribes to the caches: keeps the scheduler current and queues the jobs that changes
 /// concern. Becoming leader queues every job (the resync safety net).
 fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
-    let jobs = {
-        let c = Arc::clone(c);
-        let mut rx = c.server.cache.jobs.changes();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(notice) => match notice.as_ref() {
-                        Notice::Changed(changes) => {
-                            for ch in changes {
-                                if let Some(job) = ch.new.as_ref().or(ch.old.as_ref()) {
-                                    c.queue.add(job_key_of(job));
-                                }
-                            }
-                        }
-                        Notice::Resync => c.enqueue_all(),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => c.enqueue_all(),
-                    Err(_) => return,
+    let span = |source: &str| tracing::info_span!("job-controller-feed", source);
+    let cache = &c.server.cache;
+    let ctl = Arc::clone(c);
+    cache::follow(&cache.jobs, span("jobs"), move |changes| match changes {
+        Some(changes) => {
+            for job in changes
+                .iter()
+                .filter_map(|ch| ch.new.as_ref().or(ch.old.as_ref()))
+            {
+                ctl.queue.add(job_key_of(job));
+            }
+        }
+        None => ctl.enqueue_all(),
+    });
+    let ctl = Arc::clone(c);
+    cache::follow(&cache.allocs, span("allocs"), move |changes| {
+        let Some(changes) = changes else {
+            ctl.rebuild_scheduler();
+            return ctl.enqueue_all();
+        };
+        let mut sched = ctl.scheduler();
+        for ch in changes {
+            match (&ch.new, &ch.old) {
+                (Some(new), _) => sched.add(new),
+                (None, Some(old)) => {
+                    sched.remove_id(&old.id);
+                }
+                (None, None) => {}
+            }
+            // A job cares when an allocation appears, goes, or changes status.
+            let relevant = match (&ch.new, &ch.old) {
+                (Some(n), Some(o)) => {
+                    n.client_status != o.client_status || n.desired_status != o.desired_status
+                }
+                _ => true,
+            };
+            if relevant && let Some(a) = ch.new.as_ref().or(ch.old.as_ref()) {
+                ctl.queue
+                    .add(job_index(a.namespace.as_str(), a.job_id.as_str()));
+            }
+        }
+    });
+    let ctl = Arc::clone(c);
+    cache::follow(&cache.nodes, span("nodes"), move |changes| {
+        let Some(changes) = changes else {
+            ctl.rebuild_scheduler();
+            return ctl.enqueue_all();
+        };
+        for ch in changes {
+            match (&ch.new, &ch.old) {
+                (Some(new), _) => ctl.scheduler().upsert_node(Arc::clone(new)),
+                (None, Some(old)) => ctl.scheduler().remove_node(&old.id),
+                (None, None) => {}
+            }
+            if let Some(n) = ch.new.as_ref().or(ch.old.as_ref()) {
+                ctl.enqueue_for_node(n.id.as_str());
+            }
+        }
+    });
+    let ctl = Arc::clone(c);
+    cache::follow(&cache.evals, span("evals"), move |changes| match changes {
+        Some(changes) => {
+            for e in changes.iter().filter_map(|ch| ch.new.as_ref()) {
+                if e.status == EvalStatus::Pending {
+                    ctl.queue
+                        .add(job_index(e.namespace.as_str(), e.job_id.as_str()));
                 }
             }
         }
-    };
-    let allocs = {
-        let c = Arc::clone(c);
-        let mut rx = c.server.cache.allocs.changes();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(notice) => match notice.as_ref() {
-                        Notice::Changed(changes) => {
-                            let mut sched = c.scheduler.lock().await;
-                            for ch in changes {
-                                match (&ch.new, &ch.old) {
-                                    (Some(new), _) => sched.add(new),
-                                    (None, Some(old)) => {
-                                        sched.remove_id(&old.id);
-                                    }
-                                    (None, None) => {}
-                                }
-                                let relevant = match (&ch.new, &ch.old) {
-                                    (Some(n), Some(o)) => {
-                                        n.client_status != o.client_status
-                                            || n.desired_status != o.desired_status
-                                    }
-                                    _ => true,
-                                };
-                                if relevant && let Some(a) = ch.new.as_ref().or(ch.old.as_ref()) {
-                                    c.queue
-                                        .add(job_index(a.namespace.as_str(), a.job_id.as_str()));
-                                }
-                            }
-                        }
-                        Notice::Resync => {
-                            *c.scheduler.lock().await = build_scheduler(&c.server);
-                            c.enqueue_all();
-                        }
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        *c.scheduler.lock().await = build_scheduler(&c.server);
-                        c.enqueue_all();
-                    }
-                    Err(_) => return,
-                }
+        None => ctl.enqueue_all(),
+    });
+    let ctl = Arc::clone(c);
+    let leadership = async move {
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            ctl.rebuild_scheduler();
+            ctl.enqueue_all();
+            if leading.wait_for(|l| !*l).await.is_err() {
+                return;
             }
         }
     };
-    let nodes = {
-        let c = Arc::clone(c);
-        let mut rx = c.server.cache.nodes.changes();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(notice) => match notice.as_ref() {
-                        Notice::Changed(changes) => {
-                            for ch in changes {
-                                {
-                                    let mut sched = c.scheduler.lock().await;
-                                    match (&ch.new, &ch.old) {
-                                        (Some(new), _) => sched.upsert_node(Arc::clone(new)),
-                                        (None, Some(old)) => sched.remove_node(&old.id),
-                                        (None, None) => {}
-                                    }
-                                }
-                                if let Some(n) = ch.new.as_ref().or(ch.old.as_ref()) {
-                                    c.enqueue_for_node(n.id.as_str());
-                                }
-                            }
-                        }
-                        Notice::Resync => {
-                            *c.scheduler.lock().await = build_scheduler(&c.server);
-                            c.enqueue_all();
-                        }
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        *c.scheduler.lock().await = build_scheduler(&c.server);
-                        c.enqueue_all();
-                    }
-                    Err(_) => return,
-                }
-            }
-        }
-    };
-    let evals = {
-        let c = Arc::clone(c);
-        let mut rx = c.server.cache.evals.changes();
-        async move {
-            loop {
-                match rx.recv().await {
-                    Ok(notice) => match notice.as_ref() {
-                        Notice::Changed(changes) => {
-                            for ch in changes {
-                                if let Some(e) = &ch.new
-                                    && e.status == EvalStatus::Pending
-                                {
-                                    c.queue
-                                        .add(job_index(e.namespace.as_str(), e.job_id.as_str()));
-                                }
-                            }
-                        }
-                        Notice::Resync => c.enqueue_all(),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => c.enqueue_all(),
-                    Err(_) => return,
-                }
-            }
-        }
-    };
-    let leadership = {
-        let c = Arc::clone(c);
-        async move {
-            loop {
-                if leading.wait_for(|l| *l).await.is_err() {
-                    return;
-                }
-                *c.scheduler.lock().await = build_scheduler(&c.server);
-                c.enqueue_all();
-                if leading.wait_for(|l| !*l).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    for (name, fut) in [
-        (
-            "jobs",
-            Box::pin(jobs) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-        ),
-        ("allocs", Box::pin(allocs)),
-        ("nodes", Box::pin(nodes)),
-        ("evals", Box::pin(evals)),
-        ("leadership", Box::pin(leadership)),
-    ] {
-        tokio::spawn(fut.instrument(tracing::info_span!("job-controller-feed", source = name)));
-    }
+    tokio::spawn(leadership.instrument(span("leadership")));
 }
 
 /// The writes one reconcile makes.
@@ -312,52 +253,53 @@ impl Controller for JobController {
         let node_snap = server.cache.nodes.snapshot();
         let nodes = NodeView::index(node_snap.objects.values().map(AsRef::as_ref));
 
-        let mut sched = self.scheduler.lock().await;
-        let eligible = match job.as_deref() {
-            Some(j) if matches!(j.r#type, JobType::System | JobType::Sysbatch) => {
-                sched.eligible_nodes(j)
+        // Decide and place under the scheduler's lock; write after releasing it.
+        let (plan, writes) = {
+            let mut sched = self.scheduler();
+            let eligible = match job.as_deref() {
+                Some(j) if matches!(j.r#type, JobType::System | JobType::Sysbatch) => {
+                    sched.eligible_nodes(j)
+                }
+                _ => Vec::new(),
+            };
+            let plan = reconcile::reconcile(&Input {
+                job: job.as_deref(),
+                allocs: &allocs,
+                nodes: &nodes,
+                eligible_nodes: &eligible,
+                now,
+            });
+            let status_changes = job
+                .as_ref()
+                .is_some_and(|j| j.status != plan.job_status.as_str());
+            let pending = open_evals.iter().any(|e| e.status == EvalStatus::Pending);
+            if plan.is_empty() && !pending && !status_changes {
+                // Something may still be blocked: placements are retried when capacity changes.
+                return Ok(wake(plan.wake_at, now));
             }
-            _ => Vec::new(),
-        };
-        let plan = reconcile::reconcile(&Input {
-            job: job.as_deref(),
-            allocs: &allocs,
-            nodes: &nodes,
-            eligible_nodes: &eligible,
-            now,
-        });
-        let status_changes = job
-            .as_ref()
-            .is_some_and(|j| j.status != plan.job_status.as_str());
-        let pending: Vec<&Evaluation> = open_evals
-            .iter()
-            .filter(|e| e.status == EvalStatus::Pending)
-            .collect();
-        if plan.is_empty() && pending.is_empty() && !status_changes {
-            // Something may still be blocked: retry placements only when capacity changes.
-            return Ok(wake(plan.wake_at, now));
-        }
-        let writes = compute(
-            &Placer {
+            let placer = Placer {
                 seed: &self.seed,
                 metrics: Some(&self.server.metrics.controllers),
-            },
-            job.as_deref(),
-            &allocs,
-            &open_evals,
-            &plan,
-            &mut sched,
-            now,
-        );
+            };
+            let writes = compute(
+                &placer,
+                job.as_deref(),
+                &allocs,
+                &open_evals,
+                &plan,
+                &mut sched,
+                now,
+            );
+            (plan, writes)
+        };
         let placed = writes.placed.clone();
-        drop(sched);
         match self.apply(job.as_deref(), writes).await {
             Ok(revision) => {
                 server.cache.wait_for(revision, SETTLE).await;
                 Ok(wake(plan.wake_at, now))
             }
             Err(e) => {
-                let mut sched = self.scheduler.lock().await;
+                let mut sched = self.scheduler();
                 for id in &placed {
                     sched.remove_id(id);
                 }

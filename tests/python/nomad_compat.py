@@ -60,6 +60,19 @@ step("'pycompat' in n.jobs", "pycompat" in n.jobs)
 got = n.job.get_job("pycompat")
 step("job.get_job round-trips", got["ID"] == "pycompat" and got["TaskGroups"][0]["Count"] == 2)
 
+def wait_allocations(count):
+    deadline = time.time() + 10
+    allocs = []
+    while time.time() < deadline:
+        allocs = n.job.get_allocations("pycompat")
+        if len([a for a in allocs if a["DesiredStatus"] == "run"]) == count:
+            break
+        time.sleep(0.1)
+    return allocs
+
+
+step("the job's two allocations are placed", len(wait_allocations(2)) == 2)
+
 job["Job"]["TaskGroups"][0]["Count"] = 3
 plan = n.job.plan_job("pycompat", job, diff=True)
 step("job.plan_job annotates the count change", plan["Annotations"]["DesiredTGUpdates"]["web"]["Place"] == 1)
@@ -75,12 +88,7 @@ n.job.register_job("pycompat", dict(job, EnforceIndex=True, JobModifyIndex=modif
 versions = n.job.get_versions("pycompat")
 step("job.get_versions has two versions", len(versions["Versions"]) == 2)
 
-deadline = time.time() + 10
-while time.time() < deadline:
-    allocs = n.job.get_allocations("pycompat")
-    if len(allocs) == 3:
-        break
-    time.sleep(0.1)
+allocs = wait_allocations(3)
 step("job.get_allocations shows the placements", len(allocs) == 3)
 alloc = n.allocation.get_allocation(allocs[0]["ID"])
 step("allocation.get_allocation", alloc["JobID"] == "pycompat")
