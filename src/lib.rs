@@ -1,8 +1,10 @@
 //! Caravan: the composition root. I/O lives here; pure logic lives in `caravan-schemas` and
 //! `caravan-controllers`.
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod drivers;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -69,6 +69,10 @@ pub struct AgentConfig {
     pub log_level: String,
     /// Node heartbeat TTL and grace.
     pub heartbeat: crate::server::writes_nodes::HeartbeatConfig,
+    /// The `client { … }` block.
+    pub client_spec: caravan_schemas::agent_config::ClientSpec,
+    /// The `plugin "<driver>" { config { … } }` blocks.
+    pub plugins: crate::drivers::PluginConfigs,
 }
 
 fn hostname() -> String {
@@ -144,6 +148,20 @@ impl AgentConfig {
                 .clone()
                 .or(spec.log_level.clone())
                 .unwrap_or_else(|| "info".into()),
+            client_spec: client_spec.clone(),
+            plugins: {
+                let mut plugins = crate::drivers::PluginConfigs::from_specs(&spec.plugin.0);
+                // Dev mode runs raw_exec tasks, as Nomad's does.
+                if args.dev {
+                    plugins
+                        .0
+                        .entry("raw_exec".into())
+                        .or_default()
+                        .entry("enabled".into())
+                        .or_insert(serde_json::Value::Bool(true));
+                }
+                plugins
+            },
             heartbeat: {
                 let mut hb = crate::server::writes_nodes::HeartbeatConfig::default();
                 if let Some(ttl) = server_spec.min_heartbeat_ttl {
@@ -266,16 +284,28 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
         crate::server::compactor::INTERVAL,
     );
 
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(
+        Arc::clone(&server),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = if config.client {
+        Some(start_client(&config, &data_dir, &advertise).await?)
+    } else {
+        None
+    };
+
     println!("==> Caravan agent configuration:\n");
     println!("       Advertise Addrs: HTTP: {advertise}");
     println!("            Bind Addrs: HTTP: [{bound}]");
     println!(
         "                Client: {}",
-        if config.client {
-            "false (not built yet)"
-        } else {
-            "false"
-        }
+        client
+            .as_ref()
+            .map_or("false".to_owned(), |c| format!("true (node {})", c.node_id))
     );
     println!("             Data Dir: {}", data_dir.display());
     println!(
@@ -290,15 +320,6 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     println!("                 Store: {}", store.kind());
     println!("               Version: {}", env!("CARGO_PKG_VERSION"));
     println!("\n==> Caravan agent started! Log data will stream in below:\n");
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::api::serve(
-        Arc::clone(&server),
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
@@ -306,6 +327,51 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     let _ = store.close().await;
     drop(temp);
     Ok(0)
+}
+
+/// Starts the client half: fingerprint, register with the servers, run allocations.
+async fn start_client(
+    config: &AgentConfig,
+    data_dir: &std::path::Path,
+    advertise: &str,
+) -> Result<crate::agent::client::Client, CliError> {
+    use crate::agent::{client, fingerprint};
+    let spec = &config.client_spec;
+    let node_id = fingerprint::node_id(data_dir).map_err(|e| CliError::new(1, e.to_string()))?;
+    let fp = fingerprint::FingerprintConfig {
+        node_id,
+        name: config.name.clone(),
+        datacenter: config.datacenter.clone(),
+        node_class: spec.node_class.clone().unwrap_or_default(),
+        node_pool: spec.node_pool.clone().unwrap_or_else(|| "default".into()),
+        meta: spec
+            .meta
+            .as_ref()
+            .map(|m| m.0.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default(),
+        data_dir: data_dir.to_path_buf(),
+        http_addr: advertise.to_owned(),
+        network_interface: spec.network_interface.clone(),
+        reserved: Default::default(),
+        cpu_total_compute: spec.cpu_total_compute,
+        memory_total_mb: spec.memory_total_mb,
+    };
+    let servers = if config.server {
+        vec![advertise.to_owned()]
+    } else {
+        spec.servers.clone().unwrap_or_default()
+    };
+    let drivers = crate::drivers::builtin(&config.plugins);
+    client::start(
+        client::ClientConfig {
+            servers,
+            data_dir: data_dir.to_path_buf(),
+            fingerprint: fp,
+        },
+        drivers,
+    )
+    .await
+    .map_err(|e| CliError::new(1, format!("starting the client: {e}")))
 }
 
 async fn shutdown_signal() {

@@ -96,9 +96,10 @@ step("allocations.get_allocations", len(n.allocations.get_allocations()) >= 3)
 evals = n.job.get_evaluations("pycompat")
 step("job.get_evaluations", len(evals) >= 2)
 step("evaluation.get_evaluation", n.evaluation.get_evaluation(evals[0]["ID"])["JobID"] == "pycompat")
-step("job.get_summary", n.job.get_summary("pycompat")["Summary"]["web"]["Starting"] == 3)
+web = n.job.get_summary("pycompat")["Summary"]["web"]
+step("job.get_summary", web["Starting"] + web["Running"] == 3)
 nodes = n.nodes.get_nodes()
-step("nodes.get_nodes", len(nodes) == 1 and nodes[0]["Status"] == "ready")
+step("nodes.get_nodes", len(nodes) >= 1 and all(x["Status"] == "ready" for x in nodes))
 step("node.get_node", n.node.get_node(nodes[0]["ID"])["ID"] == nodes[0]["ID"])
 step("metrics", "Counters" in n.metrics.get_metrics())
 

@@ -1,0 +1,216 @@
+//! `caravan agent -dev` as a user runs it: the client half registers a node and runs raw_exec
+//! tasks for real — a batch job completes and is not restarted, a failing task is restarted per
+//! its policy and then fails, and stopping a job kills its processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::client::Client;
+use support::eventually;
+
+struct DevAgent {
+    child: Child,
+    client: Client,
+    dir: tempfile::TempDir,
+}
+
+impl DevAgent {
+    fn start() -> DevAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+            .args(["agent", "-dev", "-http-port", "0", "-data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            assert!(Instant::now() < deadline, "no address printed");
+            let line = lines.next().expect("agent output").unwrap();
+            if line.contains("Advertise Addrs: HTTP:") {
+                break line.rsplit(' ').next().unwrap().trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        DevAgent {
+            child,
+            client: Client::new(&format!("http://{addr}")),
+            dir,
+        }
+    }
+
+    async fn allocs(&self, job: &str) -> Vec<Value> {
+        let resp = self.client.get(&format!("/v1/job/{job}/allocations")).await;
+        if resp.status != 200 {
+            return Vec::new();
+        }
+        resp.json().as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn job(id: &str, kind: &str, script: &str, restart_attempts: i64) -> Value {
+    json!({"Job": {
+        "ID": id, "Type": kind,
+        "TaskGroups": [{
+            "Name": "g", "Count": 1,
+            "RestartPolicy": {"Attempts": restart_attempts, "Interval": 60_000_000_000i64, "Delay": 100_000_000, "Mode": "fail"},
+            "ReschedulePolicy": {"Attempts": 0, "Interval": 0, "Unlimited": false, "Delay": 5_000_000_000i64, "DelayFunction": "constant"},
+            "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                       "Config": {"command": "/bin/sh", "args": ["-c", script]},
+                       "KillTimeout": 2_000_000_000,
+                       "Resources": {"CPU": 100, "MemoryMB": 64}}]
+        }]
+    }})
+}
+
+fn pids_of(marker: &str) -> usize {
+    let out = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_agent_runs_raw_exec_tasks() {
+    let agent = DevAgent::start();
+    eventually(Duration::from_secs(20), "one ready node", || async {
+        let nodes = agent.client.get("/v1/nodes").await;
+        nodes.status == 200
+            && nodes
+                .json()
+                .as_array()
+                .is_some_and(|n| n.len() == 1 && n[0]["Status"] == "ready")
+    })
+    .await;
+
+    // A batch job completes and is not restarted; its output is in the task's log file.
+    agent
+        .client
+        .post(
+            "/v1/jobs",
+            &job(
+                "once",
+                "batch",
+                "echo ran ${NOMAD_JOB_ID} ${NOMAD_ALLOC_INDEX}",
+                3,
+            ),
+        )
+        .await
+        .expect(200);
+    eventually(
+        Duration::from_secs(20),
+        "the batch allocation completes",
+        || async {
+            agent
+                .allocs("once")
+                .await
+                .first()
+                .is_some_and(|a| a["ClientStatus"] == "complete")
+        },
+    )
+    .await;
+    let alloc = &agent.allocs("once").await[0];
+    let state = &alloc["TaskStates"]["t"];
+    assert_eq!(state["Restarts"], 0, "{state}");
+    assert_eq!(state["Failed"], false);
+    let events: Vec<&str> = state["Events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["Received", "Task Setup", "Started", "Terminated"],
+        "{state}"
+    );
+    let log = agent
+        .dir
+        .path()
+        .join("client/allocs")
+        .join(alloc["ID"].as_str().unwrap())
+        .join("alloc/logs/t.stdout.0");
+    assert_eq!(std::fs::read_to_string(log).unwrap(), "ran once 0\n");
+
+    // A failing task is restarted per its policy (2 attempts), then fails.
+    agent
+        .client
+        .post("/v1/jobs", &job("flaky", "batch", "exit 3", 2))
+        .await
+        .expect(200);
+    eventually(
+        Duration::from_secs(20),
+        "the failing allocation fails",
+        || async {
+            agent
+                .allocs("flaky")
+                .await
+                .first()
+                .is_some_and(|a| a["ClientStatus"] == "failed")
+        },
+    )
+    .await;
+    let state = agent.allocs("flaky").await[0]["TaskStates"]["t"].clone();
+    assert_eq!(state["Restarts"], 2, "{state}");
+    assert_eq!(state["Failed"], true);
+    let last = state["Events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["Type"], "Not Restarting", "{state}");
+
+    // A service runs until stopped; stopping kills its processes.
+    let marker = format!("caravan-dev-test-{}", support::random_suffix());
+    agent
+        .client
+        .post(
+            "/v1/jobs",
+            &job("svc", "service", &format!("sleep 300; echo {marker}"), 0),
+        )
+        .await
+        .expect(200);
+    eventually(
+        Duration::from_secs(20),
+        "the service is running",
+        || async {
+            agent
+                .allocs("svc")
+                .await
+                .first()
+                .is_some_and(|a| a["ClientStatus"] == "running")
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "its process exists", || async {
+        pids_of(&marker) >= 1
+    })
+    .await;
+    agent.client.delete("/v1/job/svc").await.expect(200);
+    eventually(
+        Duration::from_secs(20),
+        "the service's process is gone",
+        || async { pids_of(&marker) == 0 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the allocation is complete",
+        || async {
+            agent
+                .allocs("svc")
+                .await
+                .first()
+                .is_some_and(|a| a["ClientStatus"] == "complete")
+        },
+    )
+    .await;
+}
