@@ -214,3 +214,155 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
     )
     .await;
 }
+
+/// An agent process with given arguments; killed on drop.
+fn spawn_agent(args: &[&str]) -> (Child, Option<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
+    loop {
+        assert!(Instant::now() < deadline, "the agent did not start");
+        let line = lines.next().expect("agent output").unwrap();
+        if line.contains("Advertise Addrs: HTTP:") {
+            addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
+        }
+        if line.contains("agent started") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_that_dies_has_its_allocations_replaced_on_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.hcl");
+    std::fs::write(
+        &config,
+        "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace   = \"1s\"\n}\n",
+    )
+    .unwrap();
+    let (mut first, addr) = spawn_agent(&[
+        "agent",
+        "-dev",
+        "-http-port",
+        "0",
+        "-node",
+        "first",
+        "-config",
+        config.to_str().unwrap(),
+        "-data-dir",
+        dir.path().join("first").to_str().unwrap(),
+    ]);
+    let addr = addr.unwrap();
+    let client = Client::new(&format!("http://{addr}"));
+    let client_config = dir.path().join("client.hcl");
+    std::fs::write(
+        &client_config,
+        "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}\n",
+    )
+    .unwrap();
+    let (mut second, _) = spawn_agent(&[
+        "agent",
+        "-client",
+        "-servers",
+        &addr,
+        "-node",
+        "second",
+        "-config",
+        client_config.to_str().unwrap(),
+        "-data-dir",
+        dir.path().join("second").to_str().unwrap(),
+    ]);
+    let ready = |n: &Value| n["Status"] == "ready";
+    eventually(Duration::from_secs(20), "two ready nodes", || async {
+        client
+            .get("/v1/nodes")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(ready))
+    })
+    .await;
+    let nodes = client.get("/v1/nodes").await.json();
+    let second_id = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["Name"] == "second")
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let marker = format!("caravan-two-clients-{}", support::random_suffix());
+    let mut spec = job("spread", "service", &format!("sleep 300; echo {marker}"), 0);
+    spec["Job"]["TaskGroups"][0]["Count"] = json!(2);
+    client.post("/v1/jobs", &spec).await.expect(200);
+    let running_on = |allocs: &Vec<Value>, node: &str| {
+        allocs
+            .iter()
+            .filter(|a| {
+                a["DesiredStatus"] == "run" && a["ClientStatus"] == "running" && a["NodeID"] == node
+            })
+            .count()
+    };
+    let allocs_of = || async {
+        client
+            .get("/v1/job/spread/allocations")
+            .await
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(
+        Duration::from_secs(20),
+        "one allocation running on each node",
+        || async {
+            let allocs = allocs_of().await;
+            running_on(&allocs, &second_id) == 1
+                && allocs
+                    .iter()
+                    .filter(|a| a["ClientStatus"] == "running")
+                    .count()
+                    == 2
+        },
+    )
+    .await;
+
+    // The second agent dies; its node misses its heartbeats and its allocation moves.
+    let _ = second.kill();
+    let _ = second.wait();
+    eventually(
+        Duration::from_secs(30),
+        "the second node is down and its work runs on the first",
+        || async {
+            let node = client.get(&format!("/v1/node/{second_id}")).await.json();
+            let allocs = allocs_of().await;
+            let live: Vec<&Value> = allocs
+                .iter()
+                .filter(|a| a["DesiredStatus"] == "run")
+                .collect();
+            node["Status"] == "down"
+                && live.len() == 2
+                && live
+                    .iter()
+                    .all(|a| a["NodeID"] != second_id.as_str() && a["ClientStatus"] == "running")
+        },
+    )
+    .await;
+
+    client.delete("/v1/job/spread").await.expect(200);
+    let _ = first.kill();
+    let _ = first.wait();
+    // The dead client's task outlived it (tasks survive their agent); clean it up.
+    let _ = Command::new("pkill").args(["-f", &marker]).status();
+}

@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub heartbeat: crate::server::writes_nodes::HeartbeatConfig,
     /// The `client { … }` block.
     pub client_spec: caravan_schemas::agent_config::ClientSpec,
+    /// Servers a client-only agent registers with (`-servers`, or `client { servers }`).
+    pub servers: Vec<String>,
     /// The `plugin "<driver>" { config { … } }` blocks.
     pub plugins: crate::drivers::PluginConfigs,
 }
@@ -149,6 +151,11 @@ impl AgentConfig {
                 .or(spec.log_level.clone())
                 .unwrap_or_else(|| "info".into()),
             client_spec: client_spec.clone(),
+            servers: if args.servers.is_empty() {
+                client_spec.servers.clone().unwrap_or_default()
+            } else {
+                args.servers.clone()
+            },
             plugins: {
                 let mut plugins = crate::drivers::PluginConfigs::from_specs(&spec.plugin.0);
                 // Dev mode runs raw_exec tasks, as Nomad's does.
@@ -209,10 +216,7 @@ pub fn run(args: AgentArgs) -> Result<i32, CliError> {
 
 async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     if config.client && !config.server {
-        return Err(CliError::new(
-            1,
-            "the client half of the agent (running tasks) is not built yet; run -server",
-        ));
+        return client_only(config).await;
     }
     // Dev mode keeps its data in a temporary directory that goes away with the agent.
     let temp = if config.data_dir.is_none() && config.dev {
@@ -329,6 +333,40 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// A client-only agent (`-client -servers a,b`): no store and no API of its own; it registers
+/// with the servers and runs what they place on it.
+async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
+    let data_dir = config.data_dir.clone().ok_or_else(|| {
+        CliError::new(
+            1,
+            "a data directory is required: -data-dir or data_dir in the config",
+        )
+    })?;
+    if config.servers.is_empty() {
+        return Err(CliError::new(
+            1,
+            "a client needs servers to register with: -servers host:port[,host:port] or client { servers = [...] }",
+        ));
+    }
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| CliError::new(1, format!("creating {}: {e}", data_dir.display())))?;
+    let client = start_client(&config, &data_dir, "").await?;
+    println!("==> Caravan agent configuration:\n");
+    println!("                Client: true (node {})", client.node_id);
+    println!("               Servers: {}", config.servers.join(", "));
+    println!("             Data Dir: {}", data_dir.display());
+    println!(
+        "                Region: {} (DC: {})",
+        config.region, config.datacenter
+    );
+    println!("                Server: false");
+    println!("               Version: {}", env!("CARGO_PKG_VERSION"));
+    println!("\n==> Caravan agent started! Log data will stream in below:\n");
+    shutdown_signal().await;
+    println!("==> Caught signal: shutting down");
+    Ok(0)
+}
+
 /// Starts the client half: fingerprint, register with the servers, run allocations.
 async fn start_client(
     config: &AgentConfig,
@@ -359,7 +397,7 @@ async fn start_client(
     let servers = if config.server {
         vec![advertise.to_owned()]
     } else {
-        spec.servers.clone().unwrap_or_default()
+        config.servers.clone()
     };
     let drivers = crate::drivers::builtin(&config.plugins);
     client::start(
