@@ -366,3 +366,90 @@ async fn a_second_client_that_dies_has_its_allocations_replaced_on_the_first() {
     // The dead client's task outlived it (tasks survive their agent); clean it up.
     let _ = Command::new("pkill").args(["-f", &marker]).status();
 }
+
+fn caravan_cli(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(args)
+        .env("CARAVAN_ADDR", addr)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alloc_logs_prints_and_follows_a_tasks_output() {
+    let agent = DevAgent::start();
+    let addr = agent.client.base().to_owned();
+    eventually(Duration::from_secs(20), "a ready node", || async {
+        agent
+            .client
+            .get("/v1/nodes")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    let script = "i=0; while true; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.2; done";
+    agent
+        .client
+        .post("/v1/jobs", &job("talker", "service", script, 0))
+        .await
+        .expect(200);
+    eventually(Duration::from_secs(20), "the task is running", || async {
+        agent
+            .allocs("talker")
+            .await
+            .first()
+            .is_some_and(|a| a["ClientStatus"] == "running")
+    })
+    .await;
+    let alloc = agent.allocs("talker").await[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let short = &alloc[..8];
+    eventually(Duration::from_secs(10), "a few lines logged", || async {
+        String::from_utf8_lossy(&caravan_cli(&addr, &["alloc", "logs", short, "t"]).stdout)
+            .lines()
+            .count()
+            >= 3
+    })
+    .await;
+    let out = caravan_cli(&addr, &["alloc", "logs", short]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("line 0\nline 1\n"), "{text}");
+    let err =
+        String::from_utf8_lossy(&caravan_cli(&addr, &["alloc", "logs", "-stderr", short]).stdout)
+            .into_owned();
+    assert!(err.starts_with("err 0\n"), "{err}");
+    let tail = String::from_utf8_lossy(
+        &caravan_cli(&addr, &["alloc", "logs", "-tail", "-n", "2", short]).stdout,
+    )
+    .into_owned();
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+
+    // -f keeps printing what comes after.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(["alloc", "logs", "-f", short])
+        .env("CARAVAN_ADDR", &addr)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let already = text.lines().count();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = 0;
+    while seen < already + 5 {
+        assert!(Instant::now() < deadline, "-f printed only {seen} lines");
+        lines.next().expect("more output").unwrap();
+        seen += 1;
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    agent.client.delete("/v1/job/talker").await.expect(200);
+}

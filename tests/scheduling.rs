@@ -43,7 +43,15 @@ async fn cluster() -> Cluster {
         ttl: Duration::from_millis(700),
         grace: Duration::from_millis(700),
     };
-    let server = Server::start_with(Arc::clone(&store), identity, Options { heartbeat }).await;
+    let server = Server::start_with(
+        Arc::clone(&store),
+        identity,
+        Options {
+            heartbeat,
+            ..Options::default()
+        },
+    )
+    .await;
     let leadership = server.start_membership();
     job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     node_controller::start(Arc::clone(&server), leadership.is_leader.clone());

@@ -12,6 +12,7 @@ pub mod client;
 pub mod deployments;
 pub mod evaluations;
 pub mod jobs;
+pub mod logs;
 pub mod metrics;
 pub mod nodes;
 

@@ -275,6 +275,9 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     };
     let options = crate::server::Options {
         heartbeat: config.heartbeat,
+        local_alloc_root: config
+            .client
+            .then(|| data_dir.join("client").join("allocs")),
     };
     let server = Server::start_with(Arc::clone(&store), identity, options).await;
     let leadership = server.start_membership();

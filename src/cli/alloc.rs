@@ -14,6 +14,30 @@ use clap::{Args, Subcommand};
 pub enum AllocCommand {
     /// Show an allocation: where it runs, its tasks, their resources and recent events.
     Status(AllocStatusArgs),
+    /// Print a task's stdout (or stderr), optionally following it.
+    Logs(AllocLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AllocLogsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Keep printing what the task writes.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Print only the end of the log (the last -n lines, 10 by default).
+    #[arg(long)]
+    pub tail: bool,
+    /// How many lines -tail prints.
+    #[arg(short = 'n', value_name = "LINES")]
+    pub lines: Option<usize>,
+    /// The allocation's ID or a prefix of it.
+    pub id: String,
+    /// The task (needed when the group has several).
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -36,6 +60,67 @@ pub fn run(cmd: AllocCommand) -> Result<i32, CliError> {
             let client = args.api.client()?;
             status(&client, &args.id, args.verbose, args.json).await
         }),
+        AllocCommand::Logs(args) => block_on(async move {
+            let client = args.api.client()?;
+            logs(&client, &args).await
+        }),
+    }
+}
+
+/// `alloc logs`: the log as plain text, its tail, and with -f whatever comes after.
+async fn logs(client: &Client, args: &AllocLogsArgs) -> Result<i32, CliError> {
+    use std::io::Write;
+    let id = resolve_alloc_id(client, &args.id).await?;
+    let kind = if args.stderr { "stderr" } else { "stdout" };
+    let fetch = |offset: u64| {
+        let mut params = vec![
+            ("plain".to_owned(), "true".to_owned()),
+            ("type".to_owned(), kind.to_owned()),
+            ("origin".to_owned(), "start".to_owned()),
+            ("offset".to_owned(), offset.to_string()),
+        ];
+        if let Some(task) = &args.task {
+            params.push(("task".to_owned(), task.clone()));
+        }
+        let opts = crate::client::QueryOptions {
+            params,
+            ..Default::default()
+        };
+        let id = id.clone();
+        async move {
+            client
+                .get_text(&["client", "fs", "logs", &id], &opts)
+                .await
+                .map_err(err("Error reading the logs"))
+        }
+    };
+    let text = fetch(0).await?;
+    let mut offset = text.len() as u64;
+    let shown = if args.tail || args.lines.is_some() {
+        let n = args.lines.unwrap_or(10);
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(n);
+        let mut out = lines[start..].join("\n");
+        if !out.is_empty() && text.ends_with('\n') {
+            out.push('\n');
+        }
+        out
+    } else {
+        text
+    };
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(shown.as_bytes());
+    let _ = stdout.flush();
+    if !args.follow {
+        return Ok(0);
+    }
+    // Until interrupted, as Nomad's -f.
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let more = fetch(offset).await?;
+        offset += more.len() as u64;
+        let _ = stdout.write_all(more.as_bytes());
+        let _ = stdout.flush();
     }
 }
 

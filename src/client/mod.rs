@@ -15,7 +15,7 @@ use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::{Job, JobListStub, JobSummary};
 use caravan_schemas::node::{DrainSpec, Node, NodeListStub};
 use caravan_schemas::plan::{JobPlanRequest, JobPlanResponse};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -313,6 +313,40 @@ impl Client {
         opts: &QueryOptions,
         body: Option<Vec<u8>>,
     ) -> Result<(T, QueryMeta), ClientError> {
+        let word = method_word(&method);
+        let url = self.url(segments, opts);
+        let (bytes, meta) = self.send_raw(method, segments, opts, body).await?;
+        let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::from_slice(b"null")
+        } else {
+            serde_json::from_slice(&bytes)
+        }
+        .map_err(|e| ClientError::Decode {
+            method: word.clone(),
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok((value, meta))
+    }
+
+    /// A plain-text read (`/v1/client/fs/logs/…?plain=true`).
+    pub async fn get_text(
+        &self,
+        segments: &[&str],
+        opts: &QueryOptions,
+    ) -> Result<String, ClientError> {
+        let (bytes, _) = self.send_raw(Method::GET, segments, opts, None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Sends a request; a non-2xx answer becomes [`ClientError::Status`] with the server's text.
+    async fn send_raw(
+        &self,
+        method: Method,
+        segments: &[&str],
+        opts: &QueryOptions,
+        body: Option<Vec<u8>>,
+    ) -> Result<(bytes::Bytes, QueryMeta), ClientError> {
         let url = self.url(segments, opts);
         let timeout = match (opts.index, opts.wait) {
             (Some(_), Some(wait)) => wait + BLOCKING_SLACK,
@@ -367,17 +401,7 @@ impl Client {
                 body,
             });
         }
-        let value = if bytes.iter().all(u8::is_ascii_whitespace) && status == StatusCode::OK {
-            serde_json::from_slice(b"null")
-        } else {
-            serde_json::from_slice(&bytes)
-        }
-        .map_err(|e| ClientError::Decode {
-            method: word.clone(),
-            url: url.to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok((value, QueryMeta { last_index: index }))
+        Ok((bytes, QueryMeta { last_index: index }))
     }
 
     /// A read with options (prefix, blocking).

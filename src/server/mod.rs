@@ -86,6 +86,9 @@ impl Informers {
 pub struct Options {
     /// Node heartbeat TTL and grace (Nomad's `min_heartbeat_ttl`, `heartbeat_grace`).
     pub heartbeat: writes_nodes::HeartbeatConfig,
+    /// Where this agent's own client keeps allocation directories (`-dev`), so the API can
+    /// serve their logs.
+    pub local_alloc_root: Option<std::path::PathBuf>,
 }
 
 /// A running server: its store, keys and caches.

@@ -37,6 +37,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server's base URL (`http://ip:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn new(base: &str) -> Client {
         Client {
             http: reqwest::Client::new(),
