@@ -453,3 +453,92 @@ async fn alloc_logs_prints_and_follows_a_tasks_output() {
     let _ = follow.wait();
     agent.client.delete("/v1/job/talker").await.expect(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_keep_running_across_an_agent_restart_and_are_re_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (mut first, addr) = spawn_agent(&["agent", "-dev", "-http-port", "0", "-data-dir", data]);
+    let client = Client::new(&format!("http://{}", addr.unwrap()));
+    eventually(Duration::from_secs(20), "a ready node", || async {
+        client
+            .get("/v1/nodes")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    let marker = format!("caravan-restart-{}", support::random_suffix());
+    client
+        .post(
+            "/v1/jobs",
+            &job(
+                "durable",
+                "service",
+                &format!("sleep 300; echo {marker}"),
+                2,
+            ),
+        )
+        .await
+        .expect(200);
+    eventually(Duration::from_secs(20), "the task runs", || async {
+        pids_of(&marker) == 1
+    })
+    .await;
+    let pid_before = String::from_utf8_lossy(
+        &Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+
+    // The agent dies; its task does not.
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(pids_of(&marker), 1, "the task outlives its agent");
+
+    let (mut second, addr) = spawn_agent(&["agent", "-dev", "-http-port", "0", "-data-dir", data]);
+    let client = Client::new(&format!("http://{}", addr.unwrap()));
+    eventually(
+        Duration::from_secs(20),
+        "the allocation is running again under the new agent",
+        || async {
+            let allocs = client.get("/v1/job/durable/allocations").await;
+            allocs.status == 200
+                && allocs
+                    .json()
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1 && a[0]["ClientStatus"] == "running")
+        },
+    )
+    .await;
+    let pid_after = String::from_utf8_lossy(
+        &Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    assert_eq!(pid_before, pid_after, "the same process, not a restart");
+    let alloc = client.get("/v1/job/durable/allocations").await.json()[0].clone();
+    assert_eq!(alloc["TaskStates"]["t"]["Restarts"], 0, "{alloc}");
+
+    // And the new agent can still stop it.
+    client.delete("/v1/job/durable").await.expect(200);
+    eventually(
+        Duration::from_secs(20),
+        "the task is stopped by the new agent",
+        || async { pids_of(&marker) == 0 },
+    )
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let _ = Command::new("pkill").args(["-f", &marker]).status();
+}

@@ -127,11 +127,15 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 .tasks
                 .iter()
                 .map(|t| {
-                    let mut s = TaskState::default();
-                    s.push_event(
-                        TaskEvent::new(event_types::RECEIVED, now_nanos()),
-                        MAX_EVENTS,
-                    );
+                    // A previous agent's report is where this one carries on from.
+                    let s = alloc.task_states.get(&t.name).cloned().unwrap_or_else(|| {
+                        let mut s = TaskState::default();
+                        s.push_event(
+                            TaskEvent::new(event_types::RECEIVED, now_nanos()),
+                            MAX_EVENTS,
+                        );
+                        s
+                    });
                     (t.name.clone(), s)
                 })
                 .collect(),
@@ -311,10 +315,13 @@ impl TaskRunner {
         let policy = self.task.restart_policy.clone().unwrap_or_default();
         let batch = matches!(self.job.r#type, JobType::Batch | JobType::Sysbatch);
         let mut restarts: Vec<Instant> = Vec::new();
-        self.event(
-            TaskEvent::new(event_types::TASK_SETUP, now_nanos())
-                .with_message("Building Task Directory"),
-        );
+        // A task a previous agent left running is re-attached to, not set up again.
+        if !self.handle_path().exists() {
+            self.event(
+                TaskEvent::new(event_types::TASK_SETUP, now_nanos())
+                    .with_message("Building Task Directory"),
+            );
+        }
         loop {
             let outcome = self.run_once(&mut stop, &mut sibling).await;
             let (failed_exit, exit) = match &outcome {
@@ -425,25 +432,32 @@ impl TaskRunner {
                 return Outcome::StartFailed;
             }
         };
-        let config = self.config();
-        let handle = match driver.start(&config).await {
-            Ok(h) => h,
-            Err(e) => {
-                self.event(
-                    TaskEvent::new(event_types::DRIVER_FAILURE, now_nanos())
-                        .with_driver_error(e.to_string()),
-                );
-                return Outcome::StartFailed;
+        let handle = match self.recover(&*driver).await {
+            Some(handle) => handle,
+            None => {
+                let config = self.config();
+                let handle = match driver.start(&config).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.event(
+                            TaskEvent::new(event_types::DRIVER_FAILURE, now_nanos())
+                                .with_driver_error(e.to_string()),
+                        );
+                        return Outcome::StartFailed;
+                    }
+                };
+                self.persist(&handle);
+                self.update(|s| {
+                    s.state = TaskStatus::Running;
+                    s.started_at = Timestamp::from_unix_nanos(now_nanos());
+                    s.push_event(
+                        TaskEvent::new(event_types::STARTED, now_nanos()),
+                        MAX_EVENTS,
+                    );
+                });
+                handle
             }
         };
-        self.update(|s| {
-            s.state = TaskStatus::Running;
-            s.started_at = Timestamp::from_unix_nanos(now_nanos());
-            s.push_event(
-                TaskEvent::new(event_types::STARTED, now_nanos()),
-                MAX_EVENTS,
-            );
-        });
         let outcome = tokio::select! {
             exit = driver.wait(&handle) => match exit {
                 Ok(exit) => {
@@ -472,10 +486,47 @@ impl TaskRunner {
                 Outcome::Killed
             }
         };
+        let _ = std::fs::remove_file(self.handle_path());
         if let Err(e) = driver.destroy(&handle).await {
             tracing::warn!(error = %e, "releasing the task's resources failed");
         }
         outcome
+    }
+
+    /// Where the running task's handle is kept, so a restarted agent can re-attach to it.
+    fn handle_path(&self) -> PathBuf {
+        self.task_dir.join(".caravan-handle.json")
+    }
+
+    fn persist(&self, handle: &TaskHandle) {
+        let written = serde_json::to_vec(handle)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| std::fs::write(self.handle_path(), bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not record the task's handle; an agent restart will not re-attach to it");
+        }
+    }
+
+    /// Re-attaches to the task a previous agent left running, if it is still there.
+    async fn recover(&self, driver: &dyn Driver) -> Option<TaskHandle> {
+        let bytes = std::fs::read(self.handle_path()).ok()?;
+        let _ = std::fs::remove_file(self.handle_path());
+        let handle: TaskHandle = serde_json::from_slice(&bytes).ok()?;
+        match driver.recover(&handle).await {
+            Ok(()) => {
+                tracing::info!(task = %self.task.name, "re-attached to the running task");
+                self.persist(&handle);
+                self.update(|s| s.state = TaskStatus::Running);
+                Some(handle)
+            }
+            Err(e) => {
+                self.event(
+                    TaskEvent::new(event_types::RESTORE_FAILED, now_nanos())
+                        .with_message(format!("the task died while the agent was down: {e}")),
+                );
+                None
+            }
+        }
     }
 
     async fn kill(&self, driver: &dyn Driver, handle: &TaskHandle, sibling: Option<String>) {
