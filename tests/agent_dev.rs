@@ -22,28 +22,13 @@ struct DevAgent {
 impl DevAgent {
     fn start() -> DevAgent {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
-            .args(["agent", "-dev", "-http-port", "0", "-data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            assert!(Instant::now() < deadline, "no address printed");
-            let line = lines.next().expect("agent output").unwrap();
-            if line.contains("Advertise Addrs: HTTP:") {
-                break line.rsplit(' ').next().unwrap().trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        DevAgent {
-            child,
-            client: Client::new(&format!("http://{addr}")),
-            dir,
-        }
+        let data = dir.path().to_str().unwrap().to_owned();
+        let (child, addr) = spawn_agent(&["agent", "-dev", "-http-port", "0", "-data-dir", &data]);
+        let client = Client::new(&format!(
+            "http://{}",
+            addr.expect("the dev agent prints its address")
+        ));
+        DevAgent { child, client, dir }
     }
 
     async fn allocs(&self, job: &str) -> Vec<Value> {

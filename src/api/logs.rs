@@ -16,21 +16,7 @@ const FORWARDED: &str = "x-caravan-forwarded";
 
 pub async fn logs(api: &Api, req: &Request, alloc_id: &str) -> Result<Reply, ApiError> {
     let server = &api.server;
-    let allocs = server.cache.allocs.snapshot();
-    let matches: Vec<_> = allocs
-        .objects
-        .values()
-        .filter(|a| a.id.as_str().starts_with(alloc_id))
-        .collect();
-    let alloc = match matches.as_slice() {
-        [one] => (*one).clone(),
-        [] => return Err(ApiError::NotFound(format!("alloc {alloc_id:?} not found"))),
-        _ => {
-            return Err(ApiError::BadRequest(format!(
-                "alloc prefix {alloc_id:?} matched multiple allocations"
-            )));
-        }
-    };
+    let alloc = super::allocations::find(server, &server.cache.allocs.snapshot(), req, alloc_id)?;
     let group_tasks: Vec<String> = alloc
         .job
         .as_ref()
