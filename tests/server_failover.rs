@@ -136,8 +136,12 @@ async fn killing_the_leader_moves_the_controllers_and_loses_nothing() {
     })
     .await;
     let leader = leader_of(&clients[0]).await.unwrap();
-    let members = clients[1].get("/v1/agent/members").await.json();
-    assert_eq!(members["Members"].as_array().unwrap().len(), 3, "{members}");
+    // Each server registers itself on its own schedule: wait until all three are listed.
+    eventually(Duration::from_secs(20), "three members listed", || async {
+        let members = clients[1].get("/v1/agent/members").await.json();
+        members["Members"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
 
     // A node (heartbeating through any live server) and a job, written through a follower.
     let follower = servers.iter().position(|s| s.addr != leader).unwrap();
