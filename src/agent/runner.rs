@@ -85,7 +85,8 @@ fn now_nanos() -> i64 {
     crate::server::writes::now_nanos()
 }
 
-/// The allocation's client status from its tasks', as Nomad's `getClientStatus`.
+/// The allocation's client status from its tasks', as Nomad's `getClientStatus`: a running
+/// task makes the allocation running even while others (poststop tasks) are still pending.
 fn client_status(states: &BTreeMap<String, TaskState>) -> (ClientStatus, &'static str) {
     let (mut pending, mut running, mut dead, mut failed) = (false, false, false, false);
     for s in states.values() {
@@ -100,10 +101,10 @@ fn client_status(states: &BTreeMap<String, TaskState>) -> (ClientStatus, &'stati
     }
     if failed {
         (ClientStatus::Failed, "Failed tasks")
-    } else if pending {
-        (ClientStatus::Pending, "No tasks have started")
     } else if running {
         (ClientStatus::Running, "Tasks are running")
+    } else if pending {
+        (ClientStatus::Pending, "No tasks have started")
     } else if dead {
         (ClientStatus::Complete, "All tasks have completed")
     } else {
@@ -170,40 +171,332 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
         report();
         return;
     }
-    // A task that fails stops its siblings.
-    let (sibling_tx, _) = watch::channel::<Option<String>>(None);
-    let sibling_tx = Arc::new(sibling_tx);
-    let mut tasks = Vec::new();
-    for task in group.tasks.iter().cloned() {
-        let runner = TaskRunner {
-            ctx: Arc::clone(&ctx),
-            alloc: alloc.clone(),
-            job: Arc::clone(&job),
-            group: group.clone(),
-            task_dir: alloc_dir.join(&task.name),
-            alloc_dir: alloc_dir.clone(),
-            task,
-            states: Arc::clone(&states),
-            report: Box::new(report.clone()),
+    let changed = Arc::new(watch::channel(0u64).0);
+    let report: Arc<dyn Fn() + Send + Sync> = {
+        let changed = Arc::clone(&changed);
+        Arc::new(move || {
+            report();
+            changed.send_modify(|n| *n = n.wrapping_add(1));
+        })
+    };
+    let mut group_run = GroupRun {
+        tasks: BTreeMap::new(),
+        states: Arc::clone(&states),
+        changed: changed.subscribe(),
+        stop,
+    };
+    let runner = |task: Task| TaskRunner {
+        ctx: Arc::clone(&ctx),
+        alloc: alloc.clone(),
+        job: Arc::clone(&job),
+        group: group.clone(),
+        task_dir: alloc_dir.join(&task.name),
+        alloc_dir: alloc_dir.clone(),
+        task,
+        states: Arc::clone(&states),
+        report: Arc::clone(&report),
+    };
+    group_run.run(&group, runner).await;
+    report();
+}
+
+/// Where a task sits in its group's lifecycle (the `lifecycle` block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Runs to completion before the main tasks start.
+    Prestart,
+    /// Starts before the main tasks and runs beside them.
+    PrestartSidecar,
+    Main,
+    /// Starts once the main tasks run, and runs to completion.
+    Poststart,
+    /// Starts once the main tasks run, and runs beside them.
+    PoststartSidecar,
+    /// Runs to completion after the main tasks are done.
+    Poststop,
+}
+
+impl Phase {
+    fn of(task: &Task) -> Phase {
+        match &task.lifecycle {
+            None => Phase::Main,
+            Some(l) => match (l.hook.as_str(), l.sidecar) {
+                ("prestart", false) => Phase::Prestart,
+                ("prestart", true) => Phase::PrestartSidecar,
+                ("poststart", false) => Phase::Poststart,
+                ("poststart", true) => Phase::PoststartSidecar,
+                ("poststop", _) => Phase::Poststop,
+                // Validation refuses other hooks; a main task is the least surprising reading.
+                _ => Phase::Main,
+            },
+        }
+    }
+
+    fn sidecar(self) -> bool {
+        matches!(self, Phase::PrestartSidecar | Phase::PoststartSidecar)
+    }
+
+    /// Whether a successful exit ends the task for good, whatever the job type.
+    fn ephemeral(self) -> bool {
+        matches!(self, Phase::Prestart | Phase::Poststart | Phase::Poststop)
+    }
+}
+
+/// Why a task is told to stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kill {
+    /// The allocation is stopping.
+    AllocStopped,
+    /// A sibling failed for good.
+    SiblingFailed(String),
+    /// The group's leader task is done.
+    LeaderDead,
+    /// The group's main tasks are done, so its sidecars go too.
+    MainDead,
+}
+
+/// One started task of the group.
+struct Started {
+    phase: Phase,
+    leader: bool,
+    kill: watch::Sender<Option<Kill>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Runs a group's tasks in lifecycle order: prestart tasks (to completion) and prestart
+/// sidecars (until running), then the main tasks, then poststart tasks once the main tasks run;
+/// sidecars are stopped when the main tasks are done; poststop tasks run last, whether the
+/// group ended by itself or was stopped. A task failing for good stops the others, and so does
+/// the leader ending.
+struct GroupRun {
+    tasks: BTreeMap<String, Started>,
+    states: Arc<std::sync::Mutex<BTreeMap<String, TaskState>>>,
+    /// Bumped on every task state change.
+    changed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+}
+
+impl GroupRun {
+    async fn run(&mut self, group: &TaskGroup, runner: impl Fn(Task) -> TaskRunner) {
+        let phase_tasks = |phases: &[Phase]| -> Vec<Task> {
+            group
+                .tasks
+                .iter()
+                .filter(|t| phases.contains(&Phase::of(t)))
+                .cloned()
+                .collect()
         };
-        let stop = stop.clone();
-        let sibling_failed = sibling_tx.subscribe();
-        let sibling_tx = Arc::clone(&sibling_tx);
-        let span = tracing::info_span!("task", name = %runner.task.name);
-        tasks.push(tokio::spawn(
-            async move {
-                let failed = runner.run(stop, sibling_failed).await;
-                if failed {
-                    sibling_tx.send_replace(Some(runner.task.name.clone()));
+        let started = self.start(
+            phase_tasks(&[Phase::Prestart, Phase::PrestartSidecar]),
+            &runner,
+        );
+        // Prestart tasks done and prestart sidecars running, or the group is already failing.
+        let ready = self
+            .wait(|g| {
+                g.all(&started, |p, s| match p {
+                    Phase::PrestartSidecar => s.state != TaskStatus::Pending,
+                    _ => s.state == TaskStatus::Dead,
+                })
+            })
+            .await;
+        if ready && !self.failing() {
+            let mains = self.start(phase_tasks(&[Phase::Main]), &runner);
+            let running = self
+                .wait(|g| g.all(&mains, |_, s| s.state != TaskStatus::Pending))
+                .await;
+            if running && !self.failing() {
+                self.start(
+                    phase_tasks(&[Phase::Poststart, Phase::PoststartSidecar]),
+                    &runner,
+                );
+            }
+            // Until the main tasks are done, a failure or the leader's end stops the rest.
+            loop {
+                if let Some(failed) = self.failed_task() {
+                    self.kill_all(Kill::SiblingFailed(failed)).await;
+                    break;
+                }
+                if self.all(&mains, |_, s| s.state == TaskStatus::Dead) {
+                    break;
+                }
+                if self.leader_dead() {
+                    self.kill_all(Kill::LeaderDead).await;
+                    break;
+                }
+                if !self.changed_or_stopped().await {
+                    self.kill_all(Kill::AllocStopped).await;
+                    break;
                 }
             }
-            .instrument(span),
-        ));
+        } else if let Some(failed) = self.failed_task() {
+            self.kill_all(Kill::SiblingFailed(failed)).await;
+        }
+        if *self.stop.borrow() {
+            self.kill_all(Kill::AllocStopped).await;
+        }
+        self.kill_all(Kill::MainDead).await;
+        // Tasks that never started are done too.
+        self.finish_unstarted(group);
+        // Poststop tasks run whatever ended the group: they are its cleanup.
+        let poststop = self.start(phase_tasks(&[Phase::Poststop]), &runner);
+        for name in poststop {
+            if let Some(t) = self.tasks.get_mut(&name) {
+                let _ = (&mut t.done).await;
+            }
+        }
     }
-    for t in tasks {
-        let _ = t.await;
+
+    /// Spawns a task runner for each task that has not already finished (a restarted agent
+    /// carries on from the reported states); returns the names of the tasks started.
+    fn start(&mut self, tasks: Vec<Task>, runner: &impl Fn(Task) -> TaskRunner) -> Vec<String> {
+        let mut names = Vec::new();
+        for task in tasks {
+            let finished = self
+                .lock()
+                .get(&task.name)
+                .is_some_and(|s| s.state == TaskStatus::Dead);
+            if finished {
+                continue;
+            }
+            let phase = Phase::of(&task);
+            let leader = task.leader;
+            let name = task.name.clone();
+            let (kill_tx, kill_rx) = watch::channel(None);
+            let runner = runner(task);
+            let span = tracing::info_span!("task", name = %name);
+            let done = tokio::spawn(
+                async move {
+                    runner.run(kill_rx, phase.ephemeral()).await;
+                }
+                .instrument(span),
+            );
+            self.tasks.insert(
+                name.clone(),
+                Started {
+                    phase,
+                    leader,
+                    kill: kill_tx,
+                    done,
+                },
+            );
+            names.push(name);
+        }
+        names
     }
-    report();
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskState>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ok(phase, state)` holds for each named task.
+    fn all(&self, names: &[String], ok: impl Fn(Phase, &TaskState) -> bool) -> bool {
+        let states = self.lock();
+        names
+            .iter()
+            .all(|n| match (self.tasks.get(n), states.get(n)) {
+                (Some(t), Some(s)) => ok(t.phase, s),
+                _ => true,
+            })
+    }
+
+    /// A started task that failed for good, if any.
+    fn failed_task(&self) -> Option<String> {
+        let states = self.lock();
+        self.tasks
+            .keys()
+            .find(|n| {
+                states
+                    .get(*n)
+                    .is_some_and(|s| s.state == TaskStatus::Dead && s.failed)
+            })
+            .cloned()
+    }
+
+    fn failing(&self) -> bool {
+        self.failed_task().is_some()
+    }
+
+    fn leader_dead(&self) -> bool {
+        let states = self.lock();
+        self.tasks
+            .iter()
+            .any(|(n, t)| t.leader && states.get(n).is_some_and(|s| s.state == TaskStatus::Dead))
+    }
+
+    /// Waits for a task state change; false when the allocation is stopped instead.
+    async fn changed_or_stopped(&mut self) -> bool {
+        if *self.stop.borrow() {
+            return false;
+        }
+        tokio::select! {
+            r = self.changed.changed() => r.is_ok(),
+            _ = self.stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Waits until `cond` holds (true), or a task fails for good or the allocation is stopped
+    /// (false).
+    async fn wait(&mut self, cond: impl Fn(&GroupRun) -> bool) -> bool {
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if self.failing() || !self.changed_or_stopped().await {
+                return false;
+            }
+        }
+    }
+
+    /// Stops every started task still running — the leader and other non-sidecars first, then
+    /// sidecars, as Nomad does — and waits for them.
+    async fn kill_all(&mut self, why: Kill) {
+        for sidecars in [false, true] {
+            let mut waiting = Vec::new();
+            for (name, t) in &mut self.tasks {
+                if t.phase.sidecar() != sidecars
+                    || t.phase == Phase::Poststop
+                    || t.done.is_finished()
+                {
+                    continue;
+                }
+                let why = match &why {
+                    Kill::SiblingFailed(who) if who == name => Kill::AllocStopped,
+                    other => other.clone(),
+                };
+                t.kill.send_if_modified(|k| {
+                    if k.is_none() {
+                        *k = Some(why);
+                        true
+                    } else {
+                        false
+                    }
+                });
+                waiting.push(name.clone());
+            }
+            for name in waiting {
+                if let Some(t) = self.tasks.get_mut(&name) {
+                    let _ = (&mut t.done).await;
+                }
+            }
+        }
+    }
+
+    /// Marks the group's tasks that never started (the group ended first) as dead.
+    fn finish_unstarted(&self, group: &TaskGroup) {
+        let mut states = self.lock();
+        for task in &group.tasks {
+            if self.tasks.contains_key(&task.name) || Phase::of(task) == Phase::Poststop {
+                continue;
+            }
+            if let Some(s) = states
+                .get_mut(&task.name)
+                .filter(|s| s.state == TaskStatus::Pending)
+            {
+                s.state = TaskStatus::Dead;
+                s.finished_at = Timestamp::from_unix_nanos(now_nanos());
+            }
+        }
+    }
 }
 
 fn make_alloc_dir(alloc_dir: &std::path::Path, group: &TaskGroup) -> std::io::Result<()> {
@@ -227,7 +520,7 @@ struct TaskRunner {
     alloc_dir: PathBuf,
     task_dir: PathBuf,
     states: Arc<std::sync::Mutex<BTreeMap<String, TaskState>>>,
-    report: Box<dyn Fn() + Send + Sync>,
+    report: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Why a task stopped running.
@@ -306,14 +599,12 @@ impl TaskRunner {
         }
     }
 
-    /// Runs the task until it is done for good; returns whether it failed.
-    async fn run(
-        &self,
-        mut stop: watch::Receiver<bool>,
-        mut sibling: watch::Receiver<Option<String>>,
-    ) -> bool {
+    /// Runs the task until it is done for good (killed, or exited and not to be restarted);
+    /// returns whether it failed. An `ephemeral` task (a lifecycle hook that is not a sidecar) is
+    /// done once it exits successfully, as a batch job's task is.
+    async fn run(&self, mut kill: watch::Receiver<Option<Kill>>, ephemeral: bool) -> bool {
         let policy = self.task.restart_policy.clone().unwrap_or_default();
-        let batch = matches!(self.job.r#type, JobType::Batch | JobType::Sysbatch);
+        let batch = ephemeral || matches!(self.job.r#type, JobType::Batch | JobType::Sysbatch);
         let mut restarts: Vec<Instant> = Vec::new();
         // A task a previous agent left running is re-attached to, not set up again.
         if !self.handle_path().exists() {
@@ -323,7 +614,7 @@ impl TaskRunner {
             );
         }
         loop {
-            let outcome = self.run_once(&mut stop, &mut sibling).await;
+            let outcome = self.run_once(&mut kill).await;
             let (failed_exit, exit) = match &outcome {
                 Outcome::Killed => return self.finish(false),
                 Outcome::StartFailed => (true, None),
@@ -348,7 +639,7 @@ impl TaskRunner {
                                 i64::try_from(wait.as_nanos()).unwrap_or(i64::MAX),
                             )),
                     );
-                    if self.sleep_or_stop(wait, &mut stop).await {
+                    if self.sleep_or_killed(wait, &mut kill).await {
                         return self.finish(false);
                     }
                     restarts.clear();
@@ -375,20 +666,20 @@ impl TaskRunner {
                     MAX_EVENTS,
                 );
             });
-            if self.sleep_or_stop(delay, &mut stop).await {
+            if self.sleep_or_killed(delay, &mut kill).await {
                 return self.finish(false);
             }
         }
     }
 
-    /// Sleeps, unless the allocation is stopped meanwhile (then true).
-    async fn sleep_or_stop(&self, d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-        if *stop.borrow() {
+    /// Sleeps, unless the task is told to stop meanwhile (then true).
+    async fn sleep_or_killed(&self, d: Duration, kill: &mut watch::Receiver<Option<Kill>>) -> bool {
+        if kill.borrow().is_some() {
             return true;
         }
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
-            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => true,
+            _ = kill.wait_for(Option::is_some) => true,
         }
     }
 
@@ -414,12 +705,8 @@ impl TaskRunner {
             })
     }
 
-    async fn run_once(
-        &self,
-        stop: &mut watch::Receiver<bool>,
-        sibling: &mut watch::Receiver<Option<String>>,
-    ) -> Outcome {
-        if *stop.borrow() {
+    async fn run_once(&self, kill: &mut watch::Receiver<Option<Kill>>) -> Outcome {
+        if kill.borrow().is_some() {
             return Outcome::Killed;
         }
         let driver = match self.driver() {
@@ -476,13 +763,8 @@ impl TaskRunner {
                     Outcome::StartFailed
                 }
             },
-            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                self.kill(&*driver, &handle, None).await;
-                Outcome::Killed
-            }
-            who = async { sibling.wait_for(|s| s.is_some()).await.ok().and_then(|w| w.clone()) } => {
-                let who = who.unwrap_or_default();
-                self.kill(&*driver, &handle, Some(who)).await;
+            why = async { kill.wait_for(Option::is_some).await.ok().and_then(|w| w.clone()) } => {
+                self.kill(&*driver, &handle, why.unwrap_or(Kill::AllocStopped)).await;
                 Outcome::Killed
             }
         };
@@ -529,16 +811,18 @@ impl TaskRunner {
         }
     }
 
-    async fn kill(&self, driver: &dyn Driver, handle: &TaskHandle, sibling: Option<String>) {
+    async fn kill(&self, driver: &dyn Driver, handle: &TaskHandle, why: Kill) {
         let timeout = self
             .task
             .kill_timeout
             .map_or(Duration::from_secs(5), NomadDuration::to_std);
-        if let Some(name) = &sibling {
-            self.event(
-                TaskEvent::new(event_types::SIBLING_FAILED, now_nanos())
-                    .with_failed_sibling(name.clone()),
-            );
+        match why {
+            Kill::AllocStopped => {}
+            Kill::SiblingFailed(name) => self.event(
+                TaskEvent::new(event_types::SIBLING_FAILED, now_nanos()).with_failed_sibling(name),
+            ),
+            Kill::LeaderDead => self.event(TaskEvent::new(event_types::LEADER_DEAD, now_nanos())),
+            Kill::MainDead => self.event(TaskEvent::new(event_types::MAIN_DEAD, now_nanos())),
         }
         self.event(
             TaskEvent::new(event_types::KILLING, now_nanos()).with_kill_timeout(NomadDuration(

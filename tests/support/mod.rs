@@ -4,6 +4,7 @@
 //! Use from a test crate with `mod support;`. Not every test uses every helper.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod client;
 pub mod etcd;
 pub mod server;

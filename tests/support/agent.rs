@@ -1,0 +1,120 @@
+//! Real `caravan` agent processes: a dev agent (server and client in one) and any agent spawned
+//! with given arguments, killed when dropped.
+
+use super::client::Client;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `caravan agent -dev` on a free port, its data in a temporary directory.
+pub struct DevAgent {
+    pub child: Child,
+    pub client: Client,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl DevAgent {
+    pub fn start() -> DevAgent {
+        Self::start_with(&[])
+    }
+
+    /// A dev agent with extra arguments (`-config FILE`, …).
+    pub fn start_with(extra: &[&str]) -> DevAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_owned();
+        let mut args = vec!["agent", "-dev", "-http-port", "0", "-data-dir", &data];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_agent(&args);
+        let addr = addr.expect("the dev agent prints its address");
+        let client = Client::new(&format!("http://{addr}"));
+        DevAgent {
+            child,
+            client,
+            addr,
+            dir,
+        }
+    }
+
+    /// The job's allocations (none when the job is unknown).
+    pub async fn allocs(&self, job: &str) -> Vec<Value> {
+        let resp = self.client.get(&format!("/v1/job/{job}/allocations")).await;
+        if resp.status != 200 {
+            return Vec::new();
+        }
+        resp.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// One allocation, read whole (with its task states).
+    pub async fn alloc(&self, id: &str) -> Value {
+        self.client
+            .get(&format!("/v1/allocation/{id}"))
+            .await
+            .json()
+    }
+
+    /// Waits until the agent's node is registered and ready.
+    pub async fn wait_ready(&self) {
+        super::eventually(Duration::from_secs(30), "one ready node", || async {
+            let nodes = self.client.get("/v1/nodes").await;
+            nodes.status == 200
+                && nodes
+                    .json()
+                    .as_array()
+                    .is_some_and(|n| n.len() == 1 && n[0]["Status"] == "ready")
+        })
+        .await;
+    }
+
+    /// Where the agent keeps an allocation's directory.
+    pub fn alloc_dir(&self, alloc_id: &str) -> std::path::PathBuf {
+        self.dir.path().join("client/allocs").join(alloc_id)
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent process with given arguments and its advertised HTTP address (once it printed
+/// "agent started"); the caller kills it.
+pub fn spawn_agent(args: &[&str]) -> (Child, Option<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
+    loop {
+        assert!(Instant::now() < deadline, "the agent did not start");
+        let line = lines.next().expect("agent output").unwrap();
+        if line.contains("Advertise Addrs: HTTP:") {
+            addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
+        }
+        if line.contains("agent started") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// The types of a task's events, in order.
+pub fn event_types(state: &Value) -> Vec<String> {
+    state["Events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["Type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
