@@ -33,6 +33,8 @@ pub struct ClientConfig {
     pub servers: Vec<String>,
     pub data_dir: PathBuf,
     pub fingerprint: FingerprintConfig,
+    /// How often to fingerprint again ([`REFINGERPRINT_INTERVAL`] unless a test wants sooner).
+    pub refingerprint_interval: Duration,
 }
 
 /// A running client.
@@ -119,6 +121,16 @@ pub async fn start(
     let ttl = heartbeat_ttl(registered).await;
 
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        refingerprint(
+            Arc::clone(&servers),
+            config.fingerprint.clone(),
+            drivers.clone(),
+            node.clone(),
+            config.refingerprint_interval,
+        )
+        .instrument(tracing::info_span!("client", node = %&node_id[..8.min(node_id.len())], loop_ = "fingerprint")),
+    );
     let ctx = Arc::new(Context {
         drivers: drivers
             .iter()
@@ -135,6 +147,78 @@ pub async fn start(
     tokio::spawn(report(Arc::clone(&servers), reports_rx).instrument(span("report")));
     tokio::spawn(watch_allocs(servers, node_id.clone(), ctx).instrument(span("allocs")));
     Ok(Client { node_id })
+}
+
+/// How often the machine and its drivers are fingerprinted again (Nomad checks drivers' health
+/// every 30 s).
+pub const REFINGERPRINT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What of a node a new fingerprint may change, leaving out when each driver was last checked.
+fn fingerprinted(node: &Node) -> impl PartialEq + use<> {
+    let drivers: BTreeMap<String, (bool, bool, String, BTreeMap<String, String>)> = node
+        .drivers
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                (
+                    d.detected,
+                    d.healthy,
+                    d.health_description.clone(),
+                    d.attributes.clone(),
+                ),
+            )
+        })
+        .collect();
+    (
+        node.attributes.clone(),
+        drivers,
+        node.node_resources.clone(),
+        node.reserved_resources.clone(),
+    )
+}
+
+/// Fingerprints the machine and its drivers again every `interval` and
+/// registers the node anew when anything changed (a driver became healthy or unhealthy, memory
+/// was added), so the servers schedule on what the node can do now. Registration keeps the
+/// node's eligibility and drain.
+async fn refingerprint(
+    servers: Arc<Servers>,
+    config: FingerprintConfig,
+    drivers: Vec<Arc<dyn Driver>>,
+    mut registered: Node,
+    interval: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut node = fingerprint::fingerprint(&config, &drivers).await;
+        node.status = NodeStatus::Ready;
+        if fingerprinted(&node) == fingerprinted(&registered) {
+            continue;
+        }
+        for (name, d) in &node.drivers {
+            let before = registered
+                .drivers
+                .get(name)
+                .map(|b| (b.detected, b.healthy));
+            if before != Some((d.detected, d.healthy)) {
+                tracing::info!(driver = %name, detected = d.detected, healthy = d.healthy, reason = %d.health_description, "driver health changed");
+            }
+        }
+        match servers
+            .send(
+                reqwest::Method::POST,
+                "/v1/client/node/register",
+                Some(&json!({ "Node": node })),
+            )
+            .await
+        {
+            Ok(_) => registered = node,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the node's new fingerprint failed; will retry")
+            }
+        }
+    }
 }
 
 async fn heartbeat_ttl(resp: reqwest::Response) -> Duration {

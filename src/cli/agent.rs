@@ -393,7 +393,16 @@ async fn start_client(
         data_dir: data_dir.to_path_buf(),
         http_addr: advertise.to_owned(),
         network_interface: spec.network_interface.clone(),
-        reserved: Default::default(),
+        reserved: spec
+            .reserved
+            .as_ref()
+            .map(|r| fingerprint::Reserved {
+                cpu_mhz: r.0.cpu.unwrap_or(0),
+                memory_mb: r.0.memory.unwrap_or(0),
+                disk_mb: r.0.disk.unwrap_or(0),
+                ports: r.0.reserved_ports.clone().unwrap_or_default(),
+            })
+            .unwrap_or_default(),
         cpu_total_compute: spec.cpu_total_compute,
         memory_total_mb: spec.memory_total_mb,
     };
@@ -408,6 +417,7 @@ async fn start_client(
             servers,
             data_dir: data_dir.to_path_buf(),
             fingerprint: fp,
+            refingerprint_interval: client::REFINGERPRINT_INTERVAL,
         },
         drivers,
     )
