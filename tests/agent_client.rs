@@ -118,3 +118,56 @@ async fn the_config_reserved_block_reaches_the_node() {
         "{reserved}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_options_enable_and_choose_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.hcl");
+    std::fs::write(
+        &config,
+        r#"client {
+  options = {
+    "driver.raw_exec.enable" = "1"
+    "driver.denylist"        = "java, docker"
+  }
+}
+"#,
+    )
+    .unwrap();
+    // Not -dev: raw_exec is on only because the options say so.
+    let data = dir.path().join("data");
+    let (mut child, addr) = support::agent::spawn_agent(&[
+        "agent",
+        "-server",
+        "-client",
+        "-http-port",
+        "0",
+        "-data-dir",
+        data.to_str().unwrap(),
+        "-config",
+        config.to_str().unwrap(),
+    ]);
+    let client = support::client::Client::new(&format!("http://{}", addr.unwrap()));
+    eventually(Duration::from_secs(30), "the node registers", || async {
+        client
+            .get("/v1/nodes")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    let id = client.get("/v1/nodes").await.json()[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node = client.get(&format!("/v1/node/{id}")).await.json();
+    let _ = child.kill();
+    let _ = child.wait();
+    let drivers = node["Drivers"].as_object().unwrap();
+    assert!(drivers.contains_key("raw_exec"), "{node}");
+    assert_eq!(node["Drivers"]["raw_exec"]["Healthy"], true, "{node}");
+    assert!(!drivers.contains_key("java"), "{node}");
+    assert!(!drivers.contains_key("docker"), "{node}");
+    assert!(drivers.contains_key("exec"), "{node}");
+}

@@ -77,6 +77,16 @@ pub struct AgentConfig {
     pub plugins: crate::drivers::PluginConfigs,
 }
 
+/// The `client { options { … } }` map, Nomad's older way to configure drivers.
+fn client_options(
+    spec: &caravan_schemas::agent_config::ClientSpec,
+) -> std::collections::BTreeMap<String, String> {
+    spec.options
+        .as_ref()
+        .map(|o| o.0.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .unwrap_or_default()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -158,6 +168,7 @@ impl AgentConfig {
             },
             plugins: {
                 let mut plugins = crate::drivers::PluginConfigs::from_specs(&spec.plugin.0);
+                plugins.apply_client_options(&client_options(&client_spec));
                 // Dev mode runs raw_exec tasks, as Nomad's does.
                 if args.dev {
                     plugins
@@ -411,7 +422,22 @@ async fn start_client(
     } else {
         config.servers.clone()
     };
-    let drivers = crate::drivers::builtin(&config.plugins);
+    let mut drivers = crate::drivers::builtin(&config.plugins);
+    let options = client_options(spec);
+    let list = |key: &str| -> Option<Vec<String>> {
+        options.get(key).map(|v| {
+            v.split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+    };
+    if let Some(allow) = list("driver.allowlist") {
+        drivers.retain(|d| allow.iter().any(|a| a == d.name()));
+    }
+    if let Some(deny) = list("driver.denylist") {
+        drivers.retain(|d| !deny.iter().any(|a| a == d.name()));
+    }
     client::start(
         client::ClientConfig {
             servers,

@@ -275,6 +275,35 @@ impl PluginConfigs {
             .map_or(default, |c| config_bool(c, key, default))
     }
 
+    /// Applies the driver settings of Nomad's `client { options { … } }` map that a `plugin`
+    /// block does not already set: `driver.raw_exec.enable`, `docker.privileged.enabled`,
+    /// `docker.volumes.enabled`. (`driver.allowlist`/`driver.denylist` choose drivers; the
+    /// agent applies them.)
+    pub fn apply_client_options(&mut self, options: &BTreeMap<String, String>) {
+        let on = |v: bool| serde_json::Value::Bool(v);
+        let volumes = |v: bool| serde_json::json!({ "enabled": v });
+        let settings: [(&str, &str, &str, &dyn Fn(bool) -> serde_json::Value); 3] = [
+            ("driver.raw_exec.enable", "raw_exec", "enabled", &on),
+            (
+                "docker.privileged.enabled",
+                "docker",
+                "allow_privileged",
+                &on,
+            ),
+            ("docker.volumes.enabled", "docker", "volumes", &volumes),
+        ];
+        for (option, driver, key, value) in settings {
+            if let Some(given) = options.get(option) {
+                let enabled = matches!(given.trim(), "1" | "true" | "yes" | "on");
+                self.0
+                    .entry(driver.to_owned())
+                    .or_default()
+                    .entry(key.to_owned())
+                    .or_insert_with(|| value(enabled));
+            }
+        }
+    }
+
     /// Builds from the decoded agent file's `plugin` blocks.
     pub fn from_specs<'a>(
         specs: impl IntoIterator<Item = &'a caravan_schemas::agent_config::PluginSpec>,
