@@ -280,26 +280,23 @@ impl PluginConfigs {
     /// `docker.volumes.enabled`. (`driver.allowlist`/`driver.denylist` choose drivers; the
     /// agent applies them.)
     pub fn apply_client_options(&mut self, options: &BTreeMap<String, String>) {
-        let on = |v: bool| serde_json::Value::Bool(v);
-        let volumes = |v: bool| serde_json::json!({ "enabled": v });
-        let settings: [(&str, &str, &str, &dyn Fn(bool) -> serde_json::Value); 3] = [
-            ("driver.raw_exec.enable", "raw_exec", "enabled", &on),
-            (
-                "docker.privileged.enabled",
-                "docker",
-                "allow_privileged",
-                &on,
-            ),
-            ("docker.volumes.enabled", "docker", "volumes", &volumes),
-        ];
-        for (option, driver, key, value) in settings {
+        for (option, driver, key) in [
+            ("driver.raw_exec.enable", "raw_exec", "enabled"),
+            ("docker.privileged.enabled", "docker", "allow_privileged"),
+            ("docker.volumes.enabled", "docker", "volumes"),
+        ] {
             if let Some(given) = options.get(option) {
                 let enabled = matches!(given.trim(), "1" | "true" | "yes" | "on");
+                let value = if key == "volumes" {
+                    serde_json::json!({ "enabled": enabled })
+                } else {
+                    serde_json::Value::Bool(enabled)
+                };
                 self.0
                     .entry(driver.to_owned())
                     .or_default()
                     .entry(key.to_owned())
-                    .or_insert_with(|| value(enabled));
+                    .or_insert(value);
             }
         }
     }
