@@ -403,7 +403,11 @@ async fn start_client(
             .unwrap_or_default(),
         data_dir: data_dir.to_path_buf(),
         http_addr: advertise.to_owned(),
-        network_interface: spec.network_interface.clone(),
+        // Dev mode keeps tasks on the loopback interface, as Nomad's does.
+        network_interface: spec
+            .network_interface
+            .clone()
+            .or_else(|| config.dev.then(|| "lo".to_owned())),
         reserved: spec
             .reserved
             .as_ref()

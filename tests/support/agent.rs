@@ -77,6 +77,54 @@ impl Drop for DevAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        reap_tasks(self.dir.path());
+    }
+}
+
+/// Kills the tasks an agent with data dir `data_dir` left running (tasks outlive their agent by
+/// design), so a test that ends — or fails — without stopping its jobs leaks nothing: process
+/// groups recorded in task handles (checked against their start time, so a reused pid is never
+/// hit) and containers.
+pub fn reap_tasks(data_dir: &std::path::Path) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let Ok(allocs) = std::fs::read_dir(data_dir.join("client/allocs")) else {
+        return;
+    };
+    for alloc in allocs.flatten() {
+        let Ok(tasks) = std::fs::read_dir(alloc.path()) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(bytes) = std::fs::read(task.path().join(".caravan-handle.json")) else {
+                continue;
+            };
+            let Ok(handle) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            if handle["driver"] == "docker" {
+                if let Some(id) = handle["id"].as_str() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", id])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                continue;
+            }
+            let pid = handle["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+            let ticks = handle["state"]["start_ticks"].as_u64();
+            if let (Some(pid), Some(ticks)) = (pid, ticks) {
+                let same = caravan::drivers::process::read_stat(pid)
+                    .is_some_and(|s| s.start_ticks == ticks);
+                if same {
+                    let _ = killpg(
+                        Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                        Signal::SIGKILL,
+                    );
+                }
+            }
+        }
     }
 }
 
