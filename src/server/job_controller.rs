@@ -47,7 +47,12 @@ pub fn start(server: Arc<Server>, leading: watch::Receiver<bool>) -> Arc<JobCont
         scheduler: Mutex::new(build_scheduler(&server)),
         server,
         queue: WorkQueue::new(),
-        seed: AtomicU64::new(0x5eed_cafe),
+        // Random per process, as Nomad picks dynamic ports at random: two agents on one host
+        // (or one restarted) do not hand out the same ports in the same order.
+        seed: AtomicU64::new(std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        )),
     });
     spawn_feeders(&controller, leading.clone());
     let metrics = Arc::clone(&controller.server.metrics);
