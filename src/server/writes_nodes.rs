@@ -15,10 +15,11 @@ use super::objects::{Index, Kind, Object};
 use super::writes::{WriteError, new_eval, now_nanos};
 use crate::store::{Compare, KeyValue, LeaseId, Op, StoreError, Txn};
 use caravan_schemas::alloc::{
-    AllocDeploymentStatus, AllocNetworkStatus, Allocation, ClientStatus, DesiredStatus, TaskState,
+    AllocDeploymentStatus, AllocNetworkStatus, Allocation, CheckQueryResult, ClientStatus,
+    DesiredStatus, TaskState,
 };
 use caravan_schemas::eval::{Evaluation, TriggeredBy};
-use caravan_schemas::ids::{AllocId, EvalId, JobId, Namespace, NodeId};
+use caravan_schemas::ids::{AllocId, CheckId, EvalId, JobId, Namespace, NodeId};
 use caravan_schemas::job::{Job, JobType};
 use caravan_schemas::node::{
     DrainMetadata, DrainSpec, DrainStatus, DrainStrategy, Node, NodeEvent, NodeStatus,
@@ -162,6 +163,8 @@ pub struct AllocUpdate {
     pub task_states: Option<BTreeMap<String, TaskState>>,
     pub deployment_status: Option<AllocDeploymentStatus>,
     pub network_status: Option<AllocNetworkStatus>,
+    /// The latest result of each service check (a Caravan extension).
+    pub check_results: Option<BTreeMap<CheckId, CheckQueryResult>>,
 }
 
 /// What a batch of allocation updates did.
@@ -1168,6 +1171,9 @@ pub fn merge_client_fields(alloc: &mut Allocation, u: &AllocUpdate) {
     }
     if let Some(n) = &u.network_status {
         alloc.network_status = Some(n.clone());
+    }
+    if let Some(c) = &u.check_results {
+        alloc.check_results = c.clone();
     }
     if let Some(new) = u.deployment_status.as_ref().filter(|d| d.has_health()) {
         match &mut alloc.deployment_status {
