@@ -1239,4 +1239,32 @@ mod tests {
         assert_eq!(ds.healthy, Some(true));
         assert!(ds.canary, "canary is the servers' to clear");
     }
+
+    #[test]
+    fn client_check_results_replace_the_stored_ones_only_when_sent() {
+        let result = CheckQueryResult {
+            id: CheckId::new("c1"),
+            check: "alive".into(),
+            ..CheckQueryResult::default()
+        };
+        let mut alloc = Allocation::default();
+        let with = AllocUpdate {
+            check_results: Some(BTreeMap::from([(result.id.clone(), result.clone())])),
+            ..AllocUpdate::default()
+        };
+        merge_client_fields(&mut alloc, &with);
+        assert_eq!(alloc.check_results[&result.id], result);
+        // A report without the field (a client that sends none) leaves them alone.
+        merge_client_fields(&mut alloc, &AllocUpdate::default());
+        assert_eq!(alloc.check_results.len(), 1);
+        let update: AllocUpdate = serde_json::from_value(serde_json::json!({
+            "ID": "a", "CheckResults": {"c1": {"ID": "c1", "Status": "failure"}}
+        }))
+        .unwrap();
+        merge_client_fields(&mut alloc, &update);
+        assert_eq!(
+            alloc.check_results[&result.id].status,
+            caravan_schemas::alloc::CheckStatus::Failure
+        );
+    }
 }
