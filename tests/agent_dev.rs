@@ -8,44 +8,11 @@ mod support;
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::agent::{DevAgent, spawn_agent};
 use support::client::Client;
 use support::eventually;
-
-struct DevAgent {
-    child: Child,
-    client: Client,
-    dir: tempfile::TempDir,
-}
-
-impl DevAgent {
-    fn start() -> DevAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_str().unwrap().to_owned();
-        let (child, addr) = spawn_agent(&["agent", "-dev", "-http-port", "0", "-data-dir", &data]);
-        let client = Client::new(&format!(
-            "http://{}",
-            addr.expect("the dev agent prints its address")
-        ));
-        DevAgent { child, client, dir }
-    }
-
-    async fn allocs(&self, job: &str) -> Vec<Value> {
-        let resp = self.client.get(&format!("/v1/job/{job}/allocations")).await;
-        if resp.status != 200 {
-            return Vec::new();
-        }
-        resp.json().as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for DevAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn job(id: &str, kind: &str, script: &str, restart_attempts: i64) -> Value {
     json!({"Job": {
@@ -198,31 +165,6 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
         },
     )
     .await;
-}
-
-/// An agent process with given arguments; killed on drop.
-fn spawn_agent(args: &[&str]) -> (Child, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addr = None;
-    loop {
-        assert!(Instant::now() < deadline, "the agent did not start");
-        let line = lines.next().expect("agent output").unwrap();
-        if line.contains("Advertise Addrs: HTTP:") {
-            addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
-        }
-        if line.contains("agent started") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

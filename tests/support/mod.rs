@@ -4,8 +4,10 @@
 //! Use from a test crate with `mod support;`. Not every test uses every helper.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod client;
 pub mod etcd;
+pub mod images;
 pub mod server;
 
 use std::future::Future;
