@@ -24,7 +24,37 @@ fn check(name: &str, kind: &str, extra: Value) -> Value {
     c
 }
 
-/// A service job: one task with one service on the group's dynamic port `http`.
+/// A port nothing listens on now. Dev agents started by parallel tests all hand out the same
+/// first dynamic port, so these jobs reserve a port picked here instead.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Removes the containers of an allocation when dropped, even when the test failed.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label=com.caravan.alloc_id={}", self.0);
+        let Ok(out) = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
+        }
+    }
+}
+
+/// A service job: one task with one service on the group's port `http`, reserved on a free port.
 fn job(id: &str, task: Value, checks: Vec<Value>, restart_attempts: i64) -> Value {
     let mut task = task;
     task["Services"] = json!([{"Name": "web", "PortLabel": "http", "Checks": checks}]);
@@ -34,7 +64,7 @@ fn job(id: &str, task: Value, checks: Vec<Value>, restart_attempts: i64) -> Valu
         "ID": id, "Type": "service",
         "TaskGroups": [{
             "Name": "g", "Count": 1,
-            "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
+            "Networks": [{"ReservedPorts": [{"Label": "http", "Value": free_port()}]}],
             "RestartPolicy": {"Attempts": restart_attempts, "Interval": 600_000 * MS, "Delay": 100 * MS, "Mode": "fail"},
             "ReschedulePolicy": {"Attempts": 0, "Interval": 0, "Unlimited": false, "Delay": 5_000 * MS, "DelayFunction": "constant"},
             "Tasks": [task]
@@ -282,6 +312,7 @@ async fn a_docker_script_check_runs_inside_the_container() {
         .await
         .expect(200);
     let alloc = first_alloc_id(&agent, "boxed").await;
+    let _containers = Containers(alloc.clone());
     eventually(
         Duration::from_secs(60),
         "the script checks ran in the container",
