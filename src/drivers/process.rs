@@ -430,7 +430,8 @@ pub async fn run_captured(spec: CapturedSpec) -> Result<super::ExecOutput, Drive
     // reader sees the end of the output when they are all gone.
     drop(cmd);
     let limit = spec.output_limit;
-    let output = tokio::task::spawn_blocking(move || read_bounded(reader, limit));
+    let span = tracing::info_span!("exec_output", program = %spec.program.display());
+    let output = tokio::task::spawn_blocking(move || span.in_scope(|| read_bounded(reader, limit)));
     let pid = child.id();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let status = match tokio::time::timeout_at(deadline, child.wait()).await {
