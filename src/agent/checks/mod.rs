@@ -9,7 +9,7 @@
 //! - This module runs each check in its own tokio task, on its interval, while the task it
 //!   belongs to runs (a group service's check while any task runs); publishes each result in
 //!   the allocation's [`Results`] and asks for a status report only when a check's status
-//!   flips; and, for `check_restart`, asks the task runner to restart the task through its
+//!   (or HTTP status code) changes; and, for `check_restart`, asks the task runner to restart the task through its
 //!   [`TaskLink`].
 //!
 //! The allocation runner wires it: [`Checks::new`] before the tasks, one [`Checks::link`] per
@@ -125,12 +125,13 @@ impl Results {
         self.lock().get(id).map(|r| r.status)
     }
 
-    /// Stores `result`; true when the check is new or its status changed.
+    /// Stores `result`; true when it is news for the servers: the check is new, or its status
+    /// or HTTP status code changed (not its output or time alone).
     fn publish(&self, result: CheckQueryResult) -> bool {
         let mut map = self.lock();
         let flipped = map
             .get(&result.id)
-            .is_none_or(|old| old.status != result.status);
+            .is_none_or(|old| old.status != result.status || old.status_code != result.status_code);
         map.insert(result.id.clone(), result);
         flipped
     }
@@ -151,7 +152,7 @@ pub struct Start<'a> {
     /// `<alloc_root>/<alloc id>`.
     pub alloc_dir: &'a Path,
     pub results: Results,
-    /// Sends the allocation's status report (called when a check's status flips).
+    /// Sends the allocation's status report (called when a check's status changes).
     pub report: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -502,7 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn results_report_only_status_flips() {
+    fn results_report_only_status_and_status_code_changes() {
         let results = Results::default();
         let spec = plan::CheckSpec {
             id: CheckId::new("c1"),
@@ -533,6 +534,18 @@ mod tests {
             ..first.clone()
         };
         assert!(!results.publish(same), "output and time alone are not");
+        let refused = CheckQueryResult {
+            status: CheckStatus::Failure,
+            output: "connection refused".into(),
+            ..first.clone()
+        };
+        assert!(results.publish(refused.clone()));
+        let not_found = CheckQueryResult {
+            status_code: 404,
+            output: "no such page".into(),
+            ..refused
+        };
+        assert!(results.publish(not_found), "another HTTP answer is");
         let passing = CheckQueryResult {
             status: CheckStatus::Success,
             ..first
