@@ -13,39 +13,10 @@ use caravan::drivers::{Driver, DriverError, PortMapping, TaskConfig, TaskHandle,
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::images::{BUSYBOX, DEMO_WEB, ensure as ensure_images};
 use support::{eventually, random_suffix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BUSYBOX: &str = "caravan/busybox:test";
-const DEMO_WEB: &str = "caravan/demo-web:v1";
-
-/// Builds the test images once per test binary (quick when they are up to date).
-fn ensure_images() {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/build-test-image.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed ({}): {}{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = built {
-        panic!("the docker tests need the Docker engine and the test images: {e}");
-    }
-}
 
 /// Removes every container of the allocation when dropped, even when the test failed.
 struct Cleanup {

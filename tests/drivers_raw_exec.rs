@@ -448,3 +448,61 @@ async fn output_can_go_to_fifos() {
     let outputs: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
     assert_eq!(outputs, ["via-fifo\n", "err-via-fifo\n"]);
 }
+
+#[tokio::test]
+async fn exec_runs_beside_the_task_and_is_killed_at_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = RawExecDriver::enabled();
+    let task = sh_task(dir.path(), "exec sleep 30", &[]);
+    let handle = driver.start(&task).await.unwrap();
+    let _reap = Reap::new(&handle);
+    let request = |command: &[&str], timeout_ms: u64| caravan::drivers::ExecRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: task.env.clone(),
+        cwd: task.task_dir.clone(),
+        timeout: Duration::from_millis(timeout_ms),
+        output_limit: 16,
+    };
+    // The task's environment and directory; stdout and stderr together; the exit code.
+    let out = driver
+        .exec(
+            &handle,
+            &request(
+                &["sh", "-c", "echo $GREETING; ls -d local >&2; exit 3"],
+                5000,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(
+        String::from_utf8_lossy(&out.output),
+        "hello world\nloca",
+        "cut to 16 bytes"
+    );
+    // A command that outlives its timeout is killed, with everything it started.
+    let started = Instant::now();
+    let err = driver
+        .exec(&handle, &request(&["sh", "-c", "sleep 30 & sleep 30"], 200))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(err.to_string().contains("timed out after 200ms"), "{err}");
+    let err = driver
+        .exec(&handle, &request(&["no-such-command-xyz"], 1000))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-command-xyz"), "{err}");
+    driver
+        .stop(&handle, Duration::from_secs(2), "")
+        .await
+        .unwrap();
+    driver.destroy(&handle).await.unwrap();
+    // A task that is gone has nothing to exec in.
+    assert!(
+        driver
+            .exec(&handle, &request(&["true"], 1000))
+            .await
+            .is_err()
+    );
+}

@@ -3,7 +3,7 @@
 //! metrics ([`AllocMetric`]) the scheduler records.
 
 use crate::duration::{self, Duration};
-use crate::ids::{AllocId, DeploymentId, EvalId, JobId, Namespace, NodeId};
+use crate::ids::{AllocId, CheckId, DeploymentId, EvalId, JobId, Namespace, NodeId};
 use crate::node::Node;
 use crate::resources::{AllocatedResources, DnsConfig, Resources, null_as_default, wire_enum};
 use crate::time::Timestamp;
@@ -172,6 +172,79 @@ pub struct Allocation {
     pub create_time: i64,
     /// Unix nanoseconds.
     pub modify_time: i64,
+    /// **Caravan extension**: the latest result of each of the allocation's service checks, by
+    /// check id, as its client last reported them (Nomad keeps these on the client only and
+    /// serves them from `/v1/client/allocation/:id/checks`). Omitted when empty.
+    #[serde(
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub check_results: BTreeMap<CheckId, CheckQueryResult>,
+}
+
+wire_enum! {
+    /// The outcome of a service check (Nomad's `CheckStatus`).
+    pub enum CheckStatus {
+        Success = "success",
+        Failure = "failure",
+        /// Not run yet (or not enough results to decide).
+        Pending = "pending",
+    }
+    default = Pending;
+}
+
+wire_enum! {
+    /// Whether a failing check holds up deployments (Nomad's `CheckMode`): `on_update =
+    /// "ignore"` makes a check a readiness check, anything else a healthiness check.
+    pub enum CheckMode {
+        Healthiness = "healthiness",
+        Readiness = "readiness",
+    }
+    default = Healthiness;
+}
+
+/// The latest result of one service check, in Nomad's `CheckQueryResult` shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CheckQueryResult {
+    #[serde(rename = "ID")]
+    pub id: CheckId,
+    pub mode: CheckMode,
+    pub status: CheckStatus,
+    /// The HTTP status code of an http check; omitted otherwise.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub status_code: i32,
+    /// What the check said: `nomad: tcp ok`, an HTTP body, a script's output, an error.
+    pub output: String,
+    /// When the check ran, Unix seconds.
+    pub timestamp: i64,
+    pub group: String,
+    /// The task of a task-level service; empty (and omitted) for a group-level service.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub task: String,
+    pub service: String,
+    pub check: String,
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
+impl Allocation {
+    /// What the allocation's checks say about its health: `None` when it has no check results
+    /// (no checks, or none reported yet), `Some(true)` when every healthiness check succeeds,
+    /// `Some(false)` when any healthiness check fails or is still pending. Readiness checks
+    /// (`on_update = "ignore"`) do not count, as in Nomad's deployments.
+    pub fn checks_healthy(&self) -> Option<bool> {
+        let mut health = self
+            .check_results
+            .values()
+            .filter(|r| r.mode == CheckMode::Healthiness)
+            .map(|r| r.status == CheckStatus::Success)
+            .peekable();
+        health.peek()?;
+        Some(health.all(|ok| ok))
+    }
 }
 
 /// Which optional fields an [`AllocationListStub`] carries.
@@ -1285,6 +1358,68 @@ mod tests {
             "\"a\\\"b\\\\c\\n\\t\\a\\x01\""
         );
         assert_eq!(go_quote("héllo"), "\"héllo\"");
+    }
+
+    #[test]
+    fn check_results_are_nomads_shape_and_decide_health() {
+        let mut a = Allocation::default();
+        assert!(
+            serde_json::to_value(&a)
+                .unwrap()
+                .get("CheckResults")
+                .is_none(),
+            "omitted when empty"
+        );
+        assert_eq!(a.checks_healthy(), None);
+        let nomad = json!({
+            "ID": "5f8d8e7b0e6b4c3f8a1d2e3f4a5b6c7d", "Mode": "healthiness", "Status": "success",
+            "StatusCode": 200, "Output": "nomad: http ok", "Timestamp": 1714564800,
+            "Group": "web", "Task": "server", "Service": "web", "Check": "alive"
+        });
+        let r: CheckQueryResult = serde_json::from_value(nomad.clone()).unwrap();
+        assert_eq!(r.status, CheckStatus::Success);
+        assert_eq!(serde_json::to_value(&r).unwrap(), nomad);
+        // A tcp check of a group service: no status code, no task (as Nomad omits them).
+        let group = CheckQueryResult {
+            id: CheckId::new("c2"),
+            status: CheckStatus::Pending,
+            group: "web".into(),
+            service: "web".into(),
+            check: "port".into(),
+            ..CheckQueryResult::default()
+        };
+        assert_eq!(
+            keys(&serde_json::to_value(&group).unwrap()),
+            [
+                "Check",
+                "Group",
+                "ID",
+                "Mode",
+                "Output",
+                "Service",
+                "Status",
+                "Timestamp"
+            ]
+        );
+        a.check_results.insert(r.id.clone(), r.clone());
+        assert_eq!(a.checks_healthy(), Some(true));
+        a.check_results.insert(group.id.clone(), group.clone());
+        assert_eq!(
+            a.checks_healthy(),
+            Some(false),
+            "pending is not healthy yet"
+        );
+        // Readiness checks (on_update = "ignore") do not count.
+        a.check_results.get_mut(&group.id).unwrap().mode = CheckMode::Readiness;
+        assert_eq!(a.checks_healthy(), Some(true));
+        a.check_results.remove(&r.id);
+        assert_eq!(
+            a.checks_healthy(),
+            None,
+            "only readiness checks: no verdict"
+        );
+        let back: Allocation = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(back.check_results, a.check_results);
     }
 
     #[test]

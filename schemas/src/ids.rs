@@ -99,6 +99,11 @@ id_type!(
     ServiceId, random = false
 );
 id_type!(
+    /// A service check's ID in an allocation: a hash of the allocation, group, task, service
+    /// and check, as Nomad's `NomadCheckID` builds it.
+    CheckId, random = false
+);
+id_type!(
     /// A namespace name; `default` unless set.
     Namespace, random = false
 );

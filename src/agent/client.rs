@@ -267,6 +267,7 @@ async fn report(servers: Arc<Servers>, mut rx: mpsc::UnboundedReceiver<AllocRepo
                     "ClientStatus": r.client_status,
                     "ClientDescription": r.client_description,
                     "TaskStates": r.task_states,
+                    "CheckResults": r.check_results,
                 })
             })
             .collect();

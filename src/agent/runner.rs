@@ -6,12 +6,14 @@
 //! change is recorded as Nomad's task events and sent to the reporter, which batches status
 //! updates to the servers.
 
+use super::checks::{self, TaskLink};
 use super::env::{self, TaskDirs};
 use crate::drivers::{Driver, ExitResult, TaskConfig, TaskHandle, TaskResources};
 use caravan_schemas::alloc::{
-    Allocation, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
+    Allocation, CheckQueryResult, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
 };
 use caravan_schemas::duration::Duration as NomadDuration;
+use caravan_schemas::ids::CheckId;
 use caravan_schemas::job::{Job, JobType, Task, TaskGroup};
 use caravan_schemas::node::Node;
 use caravan_schemas::time::Timestamp;
@@ -32,6 +34,8 @@ pub struct AllocReport {
     pub client_status: ClientStatus,
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,
+    /// The latest result of each service check.
+    pub check_results: BTreeMap<CheckId, CheckQueryResult>,
 }
 
 /// What every runner shares.
@@ -141,8 +145,10 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 })
                 .collect(),
         ));
+    let check_results = checks::Results::seeded(&alloc.check_results);
     let report = {
         let (ctx, states, id) = (Arc::clone(&ctx), Arc::clone(&states), alloc.id.to_string());
+        let check_results = check_results.clone();
         move || {
             let states = states.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let (client_status, description) = client_status(&states);
@@ -151,6 +157,7 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 client_status,
                 client_description: description.to_owned(),
                 task_states: states,
+                check_results: check_results.snapshot(),
             });
         }
     };
@@ -185,7 +192,9 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
         changed: changed.subscribe(),
         stop,
     };
+    let checks = checks::Checks::new(&group);
     let runner = |task: Task| TaskRunner {
+        checks: checks.link(&task.name),
         ctx: Arc::clone(&ctx),
         alloc: alloc.clone(),
         job: Arc::clone(&job),
@@ -196,7 +205,19 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
         states: Arc::clone(&states),
         report: Arc::clone(&report),
     };
+    // Checks run while their tasks do, and stop with the allocation.
+    let running_checks = checks.start(checks::Start {
+        alloc: &alloc,
+        job: &job,
+        group: &group,
+        node: &ctx.node,
+        drivers: &ctx.drivers,
+        alloc_dir: &alloc_dir,
+        results: check_results,
+        report: Arc::clone(&report),
+    });
     group_run.run(&group, runner).await;
+    drop(running_checks);
     report();
 }
 
@@ -521,6 +542,8 @@ struct TaskRunner {
     task_dir: PathBuf,
     states: Arc<std::sync::Mutex<BTreeMap<String, TaskState>>>,
     report: Arc<dyn Fn() + Send + Sync>,
+    /// Tells the checks when the task runs; hears their restart requests.
+    checks: TaskLink,
 }
 
 /// Why a task stopped running.
@@ -528,6 +551,8 @@ enum Outcome {
     Exited(ExitResult),
     Killed,
     StartFailed,
+    /// A check asked for a restart (`check_restart`); it counts as a failure.
+    RestartSignaled,
 }
 
 impl TaskRunner {
@@ -617,7 +642,7 @@ impl TaskRunner {
             let outcome = self.run_once(&mut kill).await;
             let (failed_exit, exit) = match &outcome {
                 Outcome::Killed => return self.finish(false),
-                Outcome::StartFailed => (true, None),
+                Outcome::StartFailed | Outcome::RestartSignaled => (true, None),
                 Outcome::Exited(exit) => (!exit.successful(), Some(exit)),
             };
             if batch && !failed_exit {
@@ -745,6 +770,7 @@ impl TaskRunner {
                 handle
             }
         };
+        self.checks.started(&handle);
         let outcome = tokio::select! {
             exit = driver.wait(&handle) => match exit {
                 Ok(exit) => {
@@ -767,7 +793,12 @@ impl TaskRunner {
                 self.kill(&*driver, &handle, why.unwrap_or(Kill::AllocStopped)).await;
                 Outcome::Killed
             }
+            reason = self.checks.restart_requested() => {
+                self.restart_for_check(&*driver, &handle, reason).await;
+                Outcome::RestartSignaled
+            }
         };
+        self.checks.stopped();
         let _ = std::fs::remove_file(self.handle_path());
         if let Err(e) = driver.destroy(&handle).await {
             tracing::warn!(error = %e, "releasing the task's resources failed");
@@ -808,6 +839,28 @@ impl TaskRunner {
                 );
                 None
             }
+        }
+    }
+
+    /// `check_restart`: "Restart Signaled" with the reason, then the task is stopped with its
+    /// kill signal and timeout; the run loop restarts it through the restart policy.
+    async fn restart_for_check(&self, driver: &dyn Driver, handle: &TaskHandle, reason: String) {
+        self.event(
+            TaskEvent::new(event_types::RESTART_SIGNALED, now_nanos()).with_restart_reason(reason),
+        );
+        let timeout = self
+            .task
+            .kill_timeout
+            .map_or(Duration::from_secs(5), NomadDuration::to_std);
+        if let Err(e) = driver.stop(handle, timeout, &self.task.kill_signal).await {
+            tracing::warn!(error = %e, "stopping the task for a check restart failed");
+        }
+        if let Ok(Ok(exit)) = tokio::time::timeout(timeout, driver.wait(handle)).await {
+            self.event(
+                TaskEvent::new(event_types::TERMINATED, now_nanos())
+                    .with_exit_code(exit.exit_code)
+                    .with_signal(exit.signal),
+            );
         }
     }
 

@@ -5,7 +5,9 @@
 //! - `PUT /v1/client/node/:id/heartbeat` — keep the node's heartbeat lease alive;
 //! - `GET /v1/client/node/:id/allocations?index=&wait=` — the node's allocations, as a blocking
 //!   query that returns only when *that node's* allocations change;
-//! - `POST /v1/client/allocations/update` — report allocation status in batches.
+//! - `POST /v1/client/allocations/update` — report allocation status in batches;
+//! - `GET /v1/client/allocation/:id/checks` — the allocation's service check results, Nomad's
+//!   shape (check id → result), as its client last reported them.
 
 use super::{Api, ApiError, Reply, Request, not_found};
 use crate::server::Server;
@@ -37,11 +39,13 @@ pub async fn route(api: &Api, req: &Request, segs: &[&str]) -> Result<Reply, Api
             update(server, req).await
         }
         (&Method::GET, ["client", "fs", "logs", alloc]) => super::logs::logs(api, req, alloc).await,
+        (&Method::GET, ["client", "allocation", id, "checks"]) => checks(server, req, id),
         (
             _,
             ["client", "node", "register"]
             | ["client", "node", _, "heartbeat" | "allocations"]
-            | ["client", "allocations", "update"],
+            | ["client", "allocations", "update"]
+            | ["client", "allocation", _, "checks"],
         ) => Err(ApiError::MethodNotAllowed),
         _ => Err(not_found(segs)),
     }
@@ -297,4 +301,13 @@ impl NodeAllocIndex {
             }
         }
     }
+}
+
+/// `GET /v1/client/allocation/:id/checks`: check id → Nomad's `CheckQueryResult`. Nomad asks
+/// the client; Caravan serves what the client reported with the allocation's status (sent
+/// when a check's status changes).
+fn checks(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
+    let snap = server.cache.allocs.snapshot();
+    let alloc = super::allocations::find(server, &snap, req, id)?;
+    Reply::json(&alloc.check_results, alloc.modify_index)
 }

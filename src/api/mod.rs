@@ -310,6 +310,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/client/fs/logs/:id",
     "/v1/client/allocation/:id/restart",
     "/v1/client/allocation/:id/signal",
+    "/v1/client/allocation/:id/checks",
     "/v1/services",
     "/v1/service/:name",
     "/v1/namespaces",

@@ -3,8 +3,8 @@
 use super::CliError;
 use super::conn::{self, ApiArgs, Resolved, block_on, check_id_length, err};
 use super::format::{
-    self, alloc_list, format_time, format_timestamp, kv, mib, now_nanos, section, short_id, table,
-    table_with, time_ago,
+    self, alloc_list, format_time, format_timestamp, kv, limit, mib, now_nanos, section, short_id,
+    table, table_with, time_ago,
 };
 use crate::client::Client;
 use caravan_schemas::alloc::{Allocation, TaskState};
@@ -259,6 +259,40 @@ fn task_order(a: &Allocation) -> Vec<(&str, &TaskState, String)> {
     tasks.into_iter().map(|(_, n, s, l)| (n, s, l)).collect()
 }
 
+/// Nomad's `Nomad Service Checks:` table (`Service  Task  Name  Mode  Status`), with each
+/// check's output (its first line, cut to 60 characters unless `-verbose`).
+fn service_checks(a: &Allocation, verbose: bool) -> String {
+    let mut rows: Vec<Vec<String>> = a
+        .check_results
+        .values()
+        .map(|r| {
+            let task = if r.task.is_empty() {
+                "(group)".to_owned()
+            } else {
+                r.task.clone()
+            };
+            let output = if verbose {
+                r.output.trim().replace('\n', " ")
+            } else {
+                limit(r.output.trim().lines().next().unwrap_or_default(), 60).to_owned()
+            };
+            vec![
+                r.service.clone(),
+                task,
+                r.check.clone(),
+                r.mode.to_string(),
+                r.status.to_string(),
+                output,
+            ]
+        })
+        .collect();
+    rows.sort();
+    table(
+        &["Service", "Task", "Name", "Mode", "Status", "Output"],
+        &rows,
+    )
+}
+
 /// `Task Resources:` for one task: CPU, memory and disk reserved, and its addresses.
 fn task_resources(a: &Allocation, task: &str) -> String {
     let allocated = a.allocated_resources.as_ref();
@@ -370,6 +404,13 @@ pub fn alloc_status_text(a: &Allocation, verbose: bool, now: i64) -> String {
             ("Failures", m.coalesced_failures.to_string()),
         ]);
         section(&mut out, "Placement Metrics", &metrics);
+    }
+    if !a.check_results.is_empty() {
+        section(
+            &mut out,
+            "Nomad Service Checks:",
+            &service_checks(a, verbose),
+        );
     }
     for (task, state, label) in task_order(a) {
         out.push_str(&format!(
@@ -510,5 +551,48 @@ Time                  Type        Description
             text.contains("500 MHz  256 MiB  300 MiB  db: 127.0.0.1:23456\n                           http: 127.0.0.1:8080\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn service_checks_are_listed_after_the_basic_info() {
+        use caravan_schemas::alloc::{CheckMode, CheckQueryResult, CheckStatus};
+        let mut a = alloc();
+        let result = |id: &str, task: &str, check: &str, status, output: &str| {
+            (
+                id.into(),
+                CheckQueryResult {
+                    id: id.into(),
+                    mode: CheckMode::Healthiness,
+                    status,
+                    output: output.into(),
+                    group: "cache".into(),
+                    task: task.into(),
+                    service: "redis-cache".into(),
+                    check: check.into(),
+                    ..CheckQueryResult::default()
+                },
+            )
+        };
+        a.check_results = BTreeMap::from([
+            result("b", "", "alive", CheckStatus::Success, "nomad: tcp ok"),
+            result(
+                "a",
+                "redis",
+                "ping",
+                CheckStatus::Failure,
+                "redis-cli: connection refused\nsecond line",
+            ),
+        ]);
+        let text = alloc_status_text(&a, false, NOW);
+        let expected = "Modified            = 5m12s ago
+
+Nomad Service Checks:
+Service      Task     Name   Mode         Status   Output
+redis-cache  (group)  alive  healthiness  success  nomad: tcp ok
+redis-cache  redis    ping   healthiness  failure  redis-cli: connection refused
+
+Task \"redis\" is \"running\"";
+        assert!(text.contains(expected), "{text}");
+        assert!(!alloc_status_text(&alloc(), false, NOW).contains("Checks"));
     }
 }

@@ -31,12 +31,13 @@
 //! started again by [`Driver::recover`] after an agent restart neither repeats nor drops lines.
 
 use super::{
-    Driver, DriverError, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskStats, TaskStatus,
-    now_unix_ms,
+    Driver, DriverError, ExecOutput, ExecRequest, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskStats, TaskStatus, now_unix_ms,
 };
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
     HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
@@ -744,6 +745,94 @@ impl Driver for DockerDriver {
             cpu_percent,
             memory_rss_bytes,
         })
+    }
+
+    /// `docker exec` in the task's container: the container's own environment, working
+    /// directory and user. On timeout the exec'd process is killed (by its host pid).
+    async fn exec(
+        &self,
+        handle: &TaskHandle,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        if request.command.is_empty() {
+            return Err(DriverError::InvalidConfig("exec: no command given".into()));
+        }
+        let docker = self.client().await?;
+        let id = self.container_id(handle);
+        let created = docker
+            .create_exec(
+                &id,
+                CreateExecOptions {
+                    cmd: Some(request.command.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                if is_status(&e, 404) || is_status(&e, 409) {
+                    DriverError::NotFound(format!("container {} is not running", short_id(&id)))
+                } else {
+                    api_error("creating an exec in", &id, e)
+                }
+            })?;
+        let run = async {
+            let mut output = Vec::new();
+            match docker.start_exec(&created.id, None).await {
+                Ok(StartExecResults::Attached {
+                    output: mut stream, ..
+                }) => {
+                    while let Some(item) = stream.next().await {
+                        let chunk = match item {
+                            Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message })
+                            | Ok(LogOutput::Console { message }) => message,
+                            Ok(_) => continue,
+                            Err(e) => return Err(api_error("reading the exec output of", &id, e)),
+                        };
+                        let room = request.output_limit.saturating_sub(output.len());
+                        output.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    Ok(output)
+                }
+                Ok(StartExecResults::Detached) => Ok(output),
+                Err(e) => Err(api_error("starting an exec in", &id, e)),
+            }
+        };
+        let output = match tokio::time::timeout(request.timeout, run).await {
+            Ok(output) => output?,
+            Err(_) => {
+                // Docker has no call to stop an exec: kill its process on the host.
+                let pid = docker
+                    .inspect_exec(&created.id)
+                    .await
+                    .ok()
+                    .and_then(|i| i.pid)
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0);
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(DriverError::Other(format!(
+                    "{} timed out after {:?} in container {} and was killed",
+                    request.command[0],
+                    request.timeout,
+                    short_id(&id)
+                )));
+            }
+        };
+        let inspected = docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| api_error("inspecting an exec in", &id, e))?;
+        let exit_code = inspected
+            .exit_code
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(super::process::UNKNOWN_EXIT_CODE);
+        Ok(ExecOutput { exit_code, output })
     }
 }
 

@@ -15,7 +15,8 @@
 
 use super::process::{self, CpuSampler, Process, ProcessState, SpawnSpec};
 use super::{
-    Driver, DriverError, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskStats, TaskStatus,
+    Driver, DriverError, ExecOutput, ExecRequest, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskStats, TaskStatus,
 };
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, HashMap};
@@ -861,6 +862,36 @@ impl Driver for ExecDriver {
             ),
             memory_rss_bytes: task.cgroup.memory_rss(),
         })
+    }
+
+    async fn exec(
+        &self,
+        handle: &TaskHandle,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        let task = self.task(&handle.id)?;
+        if task.try_exit().is_some() {
+            return Err(DriverError::NotFound(format!(
+                "task {} has exited",
+                handle.id
+            )));
+        }
+        // Inside the task's cgroup (its limits apply, and stopping the task kills it too), as
+        // the task's user.
+        let state = ProcessState::from_handle(handle)?;
+        let credentials = match state.user.as_deref().filter(|u| !u.is_empty()) {
+            Some(user) => process::resolve_user(user)?,
+            None => process::resolve_user(DEFAULT_USER)?,
+        };
+        process::exec_beside(
+            request,
+            process::Isolation {
+                cgroup_procs: task.cgroup.procs_files(),
+                mount_namespace: false,
+                credentials: Some(credentials),
+            },
+        )
+        .await
     }
 }
 

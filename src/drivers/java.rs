@@ -8,7 +8,8 @@
 use super::exec::ExecDriver;
 use super::process;
 use super::{
-    Driver, DriverError, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskStats, TaskStatus,
+    Driver, DriverError, ExecOutput, ExecRequest, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskStats, TaskStatus,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -224,6 +225,14 @@ impl Driver for JavaDriver {
 
     async fn stats(&self, handle: &TaskHandle) -> Result<TaskStats, DriverError> {
         self.exec.stats(handle).await
+    }
+
+    async fn exec(
+        &self,
+        handle: &TaskHandle,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        self.exec.exec(handle, request).await
     }
 }
 

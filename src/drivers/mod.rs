@@ -53,6 +53,40 @@ pub trait Driver: Send + Sync + std::fmt::Debug + 'static {
     async fn stats(&self, _handle: &TaskHandle) -> Result<TaskStats, DriverError> {
         Err(DriverError::NotSupported("stats"))
     }
+    /// Runs a short command in the running task's context — its environment, working
+    /// directory, user and isolation; inside the container for docker — and returns its
+    /// combined output and exit code, killing it when `request.timeout` runs out (an `Err`).
+    /// Script checks use it.
+    async fn exec(
+        &self,
+        _handle: &TaskHandle,
+        _request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        Err(DriverError::NotSupported("exec"))
+    }
+}
+
+/// A command to run beside a running task ([`Driver::exec`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The program and its arguments; a bare program name is looked up on the task's `PATH`.
+    pub command: Vec<String>,
+    /// The task's environment (the process drivers use it; docker's exec inherits the
+    /// container's own).
+    pub env: BTreeMap<String, String>,
+    /// The task directory (the process drivers' working directory).
+    pub cwd: PathBuf,
+    pub timeout: Duration,
+    /// How much output to keep; the rest is read and dropped.
+    pub output_limit: usize,
+}
+
+/// What a [`Driver::exec`] command did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    /// Standard output and error, interleaved, at most `output_limit` bytes.
+    pub output: Vec<u8>,
 }
 
 /// What `fingerprint` found.

@@ -370,6 +370,146 @@ pub async fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
     Ok(Process::supervise_child(child, pid, start_ticks))
 }
 
+/// A short command to run to completion beside a task (a script check), its output captured.
+#[derive(Debug)]
+pub struct CapturedSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub isolation: Isolation,
+    pub timeout: Duration,
+    /// Bytes of output kept; the rest is read and dropped so the command never blocks on it.
+    pub output_limit: usize,
+}
+
+/// Runs `spec` in its own session and process group with stdout and stderr on one pipe, and
+/// returns its exit code and output; after `spec.timeout` the whole group is SIGKILLed and an
+/// error says so.
+pub async fn run_captured(spec: CapturedSpec) -> Result<super::ExecOutput, DriverError> {
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| DriverError::Start(format!("creating an output pipe: {e}")))?;
+    let stderr = writer
+        .try_clone()
+        .map_err(|e| DriverError::Start(format!("duplicating the output pipe: {e}")))?;
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(stderr)
+        .kill_on_drop(true);
+    if !spec.env.contains_key("PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    let mut cgroup_fds = Vec::with_capacity(spec.isolation.cgroup_procs.len());
+    for procs in &spec.isolation.cgroup_procs {
+        let fd: OwnedFd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(|e| DriverError::Start(format!("opening {}: {e}", procs.display())))?
+            .into();
+        cgroup_fds.push(fd);
+    }
+    install_pre_exec(
+        &mut cmd,
+        cgroup_fds,
+        spec.isolation.mount_namespace,
+        spec.isolation.credentials.clone(),
+    );
+    let mut child = cmd.spawn().map_err(|e| {
+        DriverError::Start(format!(
+            "starting {} in {}: {e}",
+            spec.program.display(),
+            spec.cwd.display()
+        ))
+    })?;
+    // The pipe's write ends live in the child (and its children) only from here on, so the
+    // reader sees the end of the output when they are all gone.
+    drop(cmd);
+    let limit = spec.output_limit;
+    let span = tracing::info_span!("exec_output", program = %spec.program.display());
+    let output = tokio::task::spawn_blocking(move || span.in_scope(|| read_bounded(reader, limit)));
+    let pid = child.id();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(status) => {
+            status.map_err(|e| DriverError::Other(format!("waiting for the command: {e}")))?
+        }
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            return Err(DriverError::Other(format!(
+                "{} timed out after {:?} and was killed",
+                spec.program.display(),
+                spec.timeout
+            )));
+        }
+    };
+    // Whatever the command left running in its group goes with it.
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    // A process that left the group (a daemon) may hold the pipe open: bounded by the timeout.
+    let output = tokio::time::timeout_at(deadline, output)
+        .await
+        .map_err(|_| {
+            DriverError::Other(format!(
+                "{} exited but something it started kept its output open past the timeout",
+                spec.program.display()
+            ))
+        })?
+        .map_err(|e| DriverError::Other(format!("reading the command's output: {e}")))?;
+    Ok(super::ExecOutput {
+        exit_code: exit_result(status).exit_code,
+        output,
+    })
+}
+
+/// [`super::Driver::exec`] for the process drivers: `request.command` resolved on the task's
+/// `PATH` (or in its directory), run with the task's environment and working directory and
+/// with `isolation` (the task's user, its cgroups).
+pub async fn exec_beside(
+    request: &super::ExecRequest,
+    isolation: Isolation,
+) -> Result<super::ExecOutput, DriverError> {
+    let Some((command, args)) = request.command.split_first() else {
+        return Err(DriverError::InvalidConfig("exec: no command given".into()));
+    };
+    let program = resolve_command(command, &request.cwd, &request.env)?;
+    run_captured(CapturedSpec {
+        program,
+        args: args.to_vec(),
+        env: request.env.clone(),
+        cwd: request.cwd.clone(),
+        isolation,
+        timeout: request.timeout,
+        output_limit: request.output_limit,
+    })
+    .await
+}
+
+/// Reads `r` to its end, keeping the first `limit` bytes.
+fn read_bounded(mut r: impl std::io::Read, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return kept,
+        }
+    }
+}
+
 /// The only unsafe code of the drivers: a `pre_exec` hook. It runs in the forked child before
 /// `execve`, where only async-signal-safe calls are allowed: every call below is a single system
 /// call through `nix` (no allocation; the buffers and fds were prepared by the parent).

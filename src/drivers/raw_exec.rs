@@ -4,7 +4,8 @@
 
 use super::process::{self, CpuSampler, Process, ProcessState, ProcessTable, SpawnSpec};
 use super::{
-    Driver, DriverError, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskStats, TaskStatus,
+    Driver, DriverError, ExecOutput, ExecRequest, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskStats, TaskStatus,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -210,5 +211,33 @@ impl Driver for RawExecDriver {
             cpu_percent: self.cpu.percent(&handle.id, ns, handle.started_at_unix_ms),
             memory_rss_bytes: rss,
         })
+    }
+
+    async fn exec(
+        &self,
+        handle: &TaskHandle,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        let proc = self.processes.get(&handle.id)?;
+        if proc.try_exit().is_some() {
+            return Err(DriverError::NotFound(format!(
+                "task {} has exited",
+                handle.id
+            )));
+        }
+        // As the task's user, when it has one.
+        let state = ProcessState::from_handle(handle)?;
+        let credentials = match state.user.as_deref().filter(|u| !u.is_empty()) {
+            Some(user) => Some(process::resolve_user(user)?),
+            None => None,
+        };
+        process::exec_beside(
+            request,
+            process::Isolation {
+                credentials,
+                ..Default::default()
+            },
+        )
+        .await
     }
 }

@@ -15,10 +15,11 @@ use super::objects::{Index, Kind, Object};
 use super::writes::{WriteError, new_eval, now_nanos};
 use crate::store::{Compare, KeyValue, LeaseId, Op, StoreError, Txn};
 use caravan_schemas::alloc::{
-    AllocDeploymentStatus, AllocNetworkStatus, Allocation, ClientStatus, DesiredStatus, TaskState,
+    AllocDeploymentStatus, AllocNetworkStatus, Allocation, CheckQueryResult, ClientStatus,
+    DesiredStatus, TaskState,
 };
 use caravan_schemas::eval::{Evaluation, TriggeredBy};
-use caravan_schemas::ids::{AllocId, EvalId, JobId, Namespace, NodeId};
+use caravan_schemas::ids::{AllocId, CheckId, EvalId, JobId, Namespace, NodeId};
 use caravan_schemas::job::{Job, JobType};
 use caravan_schemas::node::{
     DrainMetadata, DrainSpec, DrainStatus, DrainStrategy, Node, NodeEvent, NodeStatus,
@@ -162,6 +163,8 @@ pub struct AllocUpdate {
     pub task_states: Option<BTreeMap<String, TaskState>>,
     pub deployment_status: Option<AllocDeploymentStatus>,
     pub network_status: Option<AllocNetworkStatus>,
+    /// The latest result of each service check (a Caravan extension).
+    pub check_results: Option<BTreeMap<CheckId, CheckQueryResult>>,
 }
 
 /// What a batch of allocation updates did.
@@ -1169,6 +1172,9 @@ pub fn merge_client_fields(alloc: &mut Allocation, u: &AllocUpdate) {
     if let Some(n) = &u.network_status {
         alloc.network_status = Some(n.clone());
     }
+    if let Some(c) = &u.check_results {
+        alloc.check_results = c.clone();
+    }
     if let Some(new) = u.deployment_status.as_ref().filter(|d| d.has_health()) {
         match &mut alloc.deployment_status {
             Some(current) => {
@@ -1232,5 +1238,33 @@ mod tests {
         let ds = alloc.deployment_status.unwrap();
         assert_eq!(ds.healthy, Some(true));
         assert!(ds.canary, "canary is the servers' to clear");
+    }
+
+    #[test]
+    fn client_check_results_replace_the_stored_ones_only_when_sent() {
+        let result = CheckQueryResult {
+            id: CheckId::new("c1"),
+            check: "alive".into(),
+            ..CheckQueryResult::default()
+        };
+        let mut alloc = Allocation::default();
+        let with = AllocUpdate {
+            check_results: Some(BTreeMap::from([(result.id.clone(), result.clone())])),
+            ..AllocUpdate::default()
+        };
+        merge_client_fields(&mut alloc, &with);
+        assert_eq!(alloc.check_results[&result.id], result);
+        // A report without the field (a client that sends none) leaves them alone.
+        merge_client_fields(&mut alloc, &AllocUpdate::default());
+        assert_eq!(alloc.check_results.len(), 1);
+        let update: AllocUpdate = serde_json::from_value(serde_json::json!({
+            "ID": "a", "CheckResults": {"c1": {"ID": "c1", "Status": "failure"}}
+        }))
+        .unwrap();
+        merge_client_fields(&mut alloc, &update);
+        assert_eq!(
+            alloc.check_results[&result.id].status,
+            caravan_schemas::alloc::CheckStatus::Failure
+        );
     }
 }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod client;
 pub mod etcd;
+pub mod images;
 pub mod server;
 
 use std::future::Future;
