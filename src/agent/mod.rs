@@ -4,3 +4,5 @@ pub mod client;
 pub mod env;
 pub mod fingerprint;
 pub mod runner;
+pub mod sandbox;
+pub mod template;
