@@ -1,5 +1,6 @@
 //! The client half of the agent: it fingerprints the machine, registers it as a node,
 //! heartbeats, watches its allocations and runs their tasks through the drivers.
+pub mod artifact;
 pub mod client;
 pub mod env;
 pub mod fingerprint;
