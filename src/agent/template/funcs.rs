@@ -904,8 +904,8 @@ mod tests {
             ),
             (
                 "%.2f %x %q",
-                vec![Value::Float(3.14159), Value::Int(255), v("a\"b")],
-                "3.14 ff \"a\\\"b\"",
+                vec![Value::Float(1.23456), Value::Int(255), v("a\"b")],
+                "1.23 ff \"a\\\"b\"",
             ),
             ("%d", vec![v("x")], "%!d(string=x)"),
             ("%s %s", vec![v("x")], "x %!s(MISSING)"),

@@ -578,13 +578,13 @@ pub fn parse(src: &str, left: &str, right: &str) -> Result<Vec<Node>, SyntaxErro
     };
     let (nodes, end) = p.list()?;
     match end {
-        End::Eof => Ok(nodes),
-        End::End(pos) => err(pos, "unexpected {{end}}"),
-        End::Else(pos) | End::ElseControl(pos, _) => err(pos, "unexpected {{else}}"),
+        Closer::Eof => Ok(nodes),
+        Closer::End(pos) => err(pos, "unexpected {{end}}"),
+        Closer::Else(pos) | Closer::ElseControl(pos, _) => err(pos, "unexpected {{else}}"),
     }
 }
 
-enum End {
+enum Closer {
     Eof,
     End(usize),
     Else(usize),
@@ -634,11 +634,11 @@ impl Parser {
         Ok(())
     }
 
-    fn list(&mut self) -> Result<(Vec<Node>, End), SyntaxError> {
+    fn list(&mut self) -> Result<(Vec<Node>, Closer), SyntaxError> {
         let mut nodes = Vec::new();
         loop {
             let Some(t) = self.next() else {
-                return Ok((nodes, End::Eof));
+                return Ok((nodes, Closer::Eof));
             };
             match t.tok {
                 Tok::Text(s) => nodes.push(Node::Text(s)),
@@ -650,17 +650,17 @@ impl Parser {
                         Tok::Kw(Kw::End) => {
                             self.i += 1;
                             self.expect_right("end")?;
-                            return Ok((nodes, End::End(t.pos)));
+                            return Ok((nodes, Closer::End(t.pos)));
                         }
                         Tok::Kw(Kw::Else) => {
                             self.i += 1;
                             match self.peek().map(|t| t.tok.clone()) {
                                 Some(Tok::Kw(k @ (Kw::If | Kw::With))) => {
-                                    return Ok((nodes, End::ElseControl(t.pos, k)));
+                                    return Ok((nodes, Closer::ElseControl(t.pos, k)));
                                 }
                                 _ => {
                                     self.expect_right("else")?;
-                                    return Ok((nodes, End::Else(t.pos)));
+                                    return Ok((nodes, Closer::Else(t.pos)));
                                 }
                             }
                         }
@@ -724,24 +724,24 @@ impl Parser {
         }
         let (list, end) = body?;
         let else_list = match end {
-            End::End(_) => Vec::new(),
-            End::Eof => {
+            Closer::End(_) => Vec::new(),
+            Closer::Eof => {
                 return err(
                     pos,
                     format!("unexpected EOF: {{{{{name}}}}} has no {{{{end}}}}"),
                 );
             }
-            End::Else(_) => {
+            Closer::Else(_) => {
                 let (else_list, end) = self.list()?;
                 match end {
-                    End::End(_) => else_list,
-                    End::Eof => {
+                    Closer::End(_) => else_list,
+                    Closer::Eof => {
                         return err(
                             pos,
                             format!("unexpected EOF: {{{{{name}}}}} has no {{{{end}}}}"),
                         );
                     }
-                    End::Else(p) | End::ElseControl(p, _) => {
+                    Closer::Else(p) | Closer::ElseControl(p, _) => {
                         return err(
                             p,
                             format!(
@@ -751,7 +751,7 @@ impl Parser {
                     }
                 }
             }
-            End::ElseControl(p, k) => {
+            Closer::ElseControl(p, k) => {
                 if k != kind {
                     return err(
                         p,
@@ -815,14 +815,11 @@ impl Parser {
     fn declarations(&mut self, pipe: &mut Pipe, range: bool) -> Result<(), SyntaxError> {
         let save = self.i;
         let mut names = Vec::new();
-        loop {
-            let Some(Token {
-                tok: Tok::Var(name, chain),
-                pos,
-            }) = self.peek().cloned()
-            else {
-                break;
-            };
+        while let Some(Token {
+            tok: Tok::Var(name, chain),
+            pos,
+        }) = self.peek().cloned()
+        {
             if !chain.is_empty() {
                 break;
             }
