@@ -529,3 +529,114 @@ async fn the_server_source_reads_registrations_and_treats_404_as_none() {
         "{paths:?}"
     );
 }
+
+/// A lookup for the fuzzer: a fixed environment and two instances of every service.
+struct FuzzLookup(BTreeMap<String, String>);
+
+impl Lookup for FuzzLookup {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    fn nomad_service(&self, query: &str) -> Result<Vec<Value>, String> {
+        let (_, name) = service_query(query)?;
+        let inst = ServiceInstance {
+            name: name.to_owned(),
+            address: "127.0.0.1".into(),
+            port: 80,
+            tags: vec!["t".into()],
+            ..ServiceInstance::default()
+        };
+        Ok(vec![instance_value(&inst), instance_value(&inst)])
+    }
+}
+
+/// Parses and, when that works, runs `text`; neither may panic, and errors point inside it.
+fn parse_and_run(text: &str, left: &str, right: &str) {
+    match parse("fuzz", text, left, right) {
+        Ok(parsed) => {
+            let lookup = FuzzLookup(env());
+            let opts = Options {
+                lookup: &lookup,
+                err_missing_key: text.len() % 2 == 0,
+            };
+            if let Err(e) = exec::execute(&parsed.nodes, &opts) {
+                let (line, col) = line_col(text, e.pos);
+                assert!(line >= 1 && col >= 1 && line <= text.lines().count().max(1) + 1);
+            }
+        }
+        Err(TemplateError::Parse { line, col, .. }) => {
+            assert!(line >= 1 && col >= 1 && line <= text.lines().count().max(1) + 1);
+        }
+        Err(other) => panic!("parse returned a non-parse error: {other}"),
+    }
+}
+
+const SEEDS: &[&str] = &[
+    "{{ range $i, $s := nomadService \"api\" }}{{ $i }}={{ $s.Address }}:{{ .Port }}{{ else }}none{{ end }}",
+    "{{- if eq (env \"NAME\") \"x\" -}}a{{ else if gt (len (split \",\" (env \"LIST\"))) 2 }}b{{ else }}c{{ end }}",
+    "{{ with $v := env \"NUM\" | parseInt }}{{ printf \"%05d|%s|%v\" $v \"s\" true }}{{ end }}",
+    "{{/* comment */}}{{ (parseJSON \"{\\\"a\\\":[1,2]}\").a | toJSON }}{{ range split \",\" \"a,b\" }}{{ if eq . \"a\" }}{{ continue }}{{ end }}{{ . }}{{ break }}{{ end }}",
+    "x {{ \"a\" | replaceAll \"a\" \"b\" | toUpper | base64Encode | base64Decode }} {{ 'c' }} {{ 0x1f }} {{ -1.5e3 }} {{ `raw` }}",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)
+    ))]
+
+    #[test]
+    fn the_parser_never_panics_on_random_text(
+        text in "[{}()|$.\"`' a-zA-Z0-9\\\\/*:=,\\-\n]{0,120}",
+    ) {
+        parse_and_run(&text, "{{", "}}");
+        parse_and_run(&text, "[[", "]]");
+    }
+
+    #[test]
+    fn the_parser_never_panics_on_mutated_templates(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec((0usize..400, 0u8..3, proptest::char::any()), 1..6),
+    ) {
+        let mut chars: Vec<char> = SEEDS[seed].chars().collect();
+        for (at, op, c) in edits {
+            let at = at % (chars.len() + 1);
+            match op {
+                0 => chars.insert(at, c),
+                1 if at < chars.len() => { chars.remove(at); }
+                _ if at < chars.len() => chars[at] = c,
+                _ => chars.push(c),
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        parse_and_run(&text, "{{", "}}");
+    }
+
+    #[test]
+    fn env_files_never_panic(text in "\\PC{0,200}") {
+        let _ = parse_env_file(&text);
+    }
+}
+
+#[test]
+fn the_seed_templates_render() {
+    let lookup = FuzzLookup(env());
+    let opts = Options {
+        lookup: &lookup,
+        err_missing_key: false,
+    };
+    let out: Vec<String> = SEEDS
+        .iter()
+        .map(|s| exec::execute(&parse("seed", s, "{{", "}}").unwrap().nodes, &opts).unwrap())
+        .collect();
+    assert_eq!(
+        out,
+        [
+            "0=127.0.0.1:801=127.0.0.1:80",
+            "b",
+            "00042|s|true",
+            "[1,2]b",
+            "x B 99 31 -1500 raw",
+        ]
+    );
+}
