@@ -558,7 +558,7 @@ fn parse_and_run(text: &str, left: &str, right: &str) {
             let lookup = FuzzLookup(env());
             let opts = Options {
                 lookup: &lookup,
-                err_missing_key: text.len() % 2 == 0,
+                err_missing_key: text.len().is_multiple_of(2),
             };
             if let Err(e) = exec::execute(&parsed.nodes, &opts) {
                 let (line, col) = line_col(text, e.pos);
