@@ -478,7 +478,8 @@ impl Fetcher {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
 ) -> Result<T, ArtifactError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ArtifactError::Archive(format!("unpacking stopped: {e}")))?
 }

@@ -301,7 +301,8 @@ pub fn call(name: &str, args: Vec<Value>, opts: &Options<'_>) -> Result<Value, S
         "regexReplaceAll" => {
             let [re, with, v] = strs(name, &args)?;
             let re = regex::Regex::new(re).map_err(|e| called(e.to_string()))?;
-            Ok(s(re.replace_all(v, go_replacement(with)).into_owned()))
+            // Go's `$1`/`${name}` expansion is the regex crate's too.
+            Ok(s(re.replace_all(v, with).into_owned()))
         }
         "regexMatch" => {
             let [re, v] = strs(name, &args)?;
@@ -432,11 +433,6 @@ pub fn call(name: &str, args: Vec<Value>, opts: &Options<'_>) -> Result<Value, S
         }
         other => Err(format!("function {other:?} not defined")),
     }
-}
-
-/// Go's `$1`/`${name}` replacement syntax is the regex crate's too.
-fn go_replacement(with: &str) -> &str {
-    with
 }
 
 fn arith(name: &str, a: &Value, b: &Value) -> Result<Value, String> {
