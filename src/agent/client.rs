@@ -139,6 +139,10 @@ pub async fn start(
         node: Arc::new(node),
         alloc_root: config.data_dir.join("client").join("allocs"),
         reports: reports_tx,
+        template_source: Arc::new(crate::agent::template::ServerServices::new(
+            servers.http.clone(),
+            servers.urls.clone(),
+        )),
     });
     let span = |what: &str| tracing::info_span!("client", node = %&node_id[..8.min(node_id.len())], loop_ = what.to_owned());
     tokio::spawn(

@@ -1,7 +1,10 @@
 //! The client half of the agent: it fingerprints the machine, registers it as a node,
 //! heartbeats, watches its allocations and runs their tasks through the drivers.
+pub mod artifact;
 pub mod checks;
 pub mod client;
 pub mod env;
 pub mod fingerprint;
 pub mod runner;
+pub mod sandbox;
+pub mod template;

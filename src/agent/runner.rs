@@ -1,6 +1,7 @@
 //! Allocation and task runners: one tokio task per allocation, one per task in it.
 //!
-//! A task runner builds the task's directory and environment, starts it through its driver,
+//! A task runner builds the task's directory and environment, fetches its artifacts and
+//! renders its templates before its first start, starts it through its driver,
 //! waits for it, applies the restart policy (attempts within an interval, a delay, mode fail or
 //! delay), and kills it with its kill signal and timeout when the allocation is stopped. Every
 //! change is recorded as Nomad's task events and sent to the reporter, which batches status
@@ -8,6 +9,7 @@
 
 use super::checks::{self, TaskLink};
 use super::env::{self, TaskDirs};
+use super::{artifact, template};
 use crate::drivers::{Driver, ExitResult, TaskConfig, TaskHandle, TaskResources};
 use caravan_schemas::alloc::{
     Allocation, CheckQueryResult, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
@@ -46,6 +48,8 @@ pub struct Context {
     /// `<data_dir>/client/allocs`.
     pub alloc_root: PathBuf,
     pub reports: mpsc::UnboundedSender<AllocReport>,
+    /// What `template` blocks read (`nomadService`).
+    pub template_source: Arc<dyn template::TemplateSource>,
 }
 
 /// A running allocation: tell it to stop, or wait for it to finish.
@@ -553,6 +557,8 @@ enum Outcome {
     StartFailed,
     /// A check asked for a restart (`check_restart`); it counts as a failure.
     RestartSignaled,
+    /// Failed in a way no restart fixes (a template that cannot render).
+    Failed,
 }
 
 impl TaskRunner {
@@ -570,19 +576,26 @@ impl TaskRunner {
         self.update(|s| s.push_event(e, MAX_EVENTS));
     }
 
-    fn config(&self) -> TaskConfig {
+    fn task_env(&self) -> BTreeMap<String, String> {
         let dirs = TaskDirs {
             alloc_dir: &self.alloc_dir,
             task_dir: &self.task_dir,
         };
-        let env = env::build(
+        env::build(
             &self.alloc,
             &self.job,
             &self.group,
             &self.task,
             &self.ctx.node,
             &dirs,
-        );
+        )
+    }
+
+    /// The driver's view of the task; `template_env` (from `env = true` templates) overrides
+    /// the task's own variables, as in Nomad.
+    fn config(&self, template_env: BTreeMap<String, String>) -> TaskConfig {
+        let mut env = self.task_env();
+        env.extend(template_env);
         let config = env::interpolate_config(&self.task.config, &env, &self.ctx.node);
         let logs = self.alloc_dir.join("alloc/logs");
         let ports = self
@@ -642,6 +655,7 @@ impl TaskRunner {
             let outcome = self.run_once(&mut kill).await;
             let (failed_exit, exit) = match &outcome {
                 Outcome::Killed => return self.finish(false),
+                Outcome::Failed => return self.finish(true),
                 Outcome::StartFailed | Outcome::RestartSignaled => (true, None),
                 Outcome::Exited(exit) => (!exit.successful(), Some(exit)),
             };
@@ -747,7 +761,11 @@ impl TaskRunner {
         let handle = match self.recover(&*driver).await {
             Some(handle) => handle,
             None => {
-                let config = self.config();
+                let template_env = match self.prestart(kill).await {
+                    Ok(vars) => vars,
+                    Err(outcome) => return outcome,
+                };
+                let config = self.config(template_env);
                 let handle = match driver.start(&config).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -804,6 +822,81 @@ impl TaskRunner {
             tracing::warn!(error = %e, "releasing the task's resources failed");
         }
         outcome
+    }
+
+    /// Nomad's artifact and template hooks: before the task first starts, fetch its
+    /// artifacts ("Downloading Artifacts"; a failure is "Failed Artifact Download" and is
+    /// retried per the restart policy) and render its templates (a failure kills the task:
+    /// "Template failed: …"). Both are done once: a marker in the task directory makes later
+    /// starts (restarts, or after an agent restart) only read the env templates back.
+    /// Returns the variables of `env = true` templates.
+    async fn prestart(
+        &self,
+        kill: &mut watch::Receiver<Option<Kill>>,
+    ) -> Result<BTreeMap<String, String>, Outcome> {
+        let task = &self.task;
+        if task.artifacts.is_empty() && task.templates.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let env = self.task_env();
+        let cx = template::TaskContext {
+            task_dir: &self.task_dir,
+            env: &env,
+            node: &self.ctx.node,
+            namespace: self.job.namespace.as_str(),
+            source: &*self.ctx.template_source,
+        };
+        let marker = self.task_dir.join(".caravan-prestart-done");
+        let template_failed = |e: template::TemplateError| {
+            self.event(
+                TaskEvent::new(event_types::KILLING, now_nanos())
+                    .with_fails_task()
+                    .with_display_message(format!("Template failed: {e}")),
+            );
+            Outcome::Failed
+        };
+        if marker.exists() {
+            return template::read_env(&task.templates, &cx).map_err(template_failed);
+        }
+        if !task.artifacts.is_empty() {
+            self.event(TaskEvent::new(
+                event_types::DOWNLOADING_ARTIFACTS,
+                now_nanos(),
+            ));
+            let fetched = async {
+                let fetcher = artifact::Fetcher::new(artifact::Limits::default())
+                    .map_err(|e| (String::new(), e))?;
+                for a in &task.artifacts {
+                    fetcher
+                        .fetch(a, &self.task_dir, &env, &self.ctx.node)
+                        .await
+                        .map_err(|e| (a.getter_source.clone(), e))?;
+                }
+                Ok::<(), (String, artifact::ArtifactError)>(())
+            };
+            let fetched = tokio::select! {
+                r = fetched => r,
+                _ = kill.wait_for(Option::is_some) => return Err(Outcome::Killed),
+            };
+            if let Err((source, e)) = fetched {
+                self.event(
+                    TaskEvent::new(event_types::ARTIFACT_DOWNLOAD_FAILED, now_nanos())
+                        .with_download_error(format!(
+                            "failed to download artifact {source:?}: {e}"
+                        )),
+                );
+                return Err(Outcome::StartFailed);
+            }
+        }
+        let rendered = tokio::select! {
+            r = template::render_all(&task.templates, &cx) => r,
+            _ = kill.wait_for(Option::is_some) => return Err(Outcome::Killed),
+        };
+        let vars = rendered.map_err(template_failed)?;
+        if let Err(e) = std::fs::write(&marker, b"") {
+            tracing::warn!(error = %e, "could not record that artifacts and templates are done; a restart will redo them");
+        }
+        Ok(vars)
     }
 
     /// Where the running task's handle is kept, so a restarted agent can re-attach to it.
