@@ -132,8 +132,9 @@ impl Fixture {
             task: name.into(),
             config: config.into_iter().collect(),
             env: BTreeMap::from([("NOMAD_TASK_NAME".to_string(), name.to_string())]),
-            stdout_path: alloc_dir.join(format!("alloc/logs/{name}.stdout.0")),
-            stderr_path: alloc_dir.join(format!("alloc/logs/{name}.stderr.0")),
+            // The driver writes `<prefix>.<n>`, rotated.
+            stdout_path: alloc_dir.join(format!("alloc/logs/{name}.stdout")),
+            stderr_path: alloc_dir.join(format!("alloc/logs/{name}.stderr")),
             alloc_dir,
             task_dir,
             ..Default::default()
@@ -166,8 +167,18 @@ impl Fixture {
     }
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+/// A log written by the driver: its rotated files `<prefix>.0`, `.1`, … in order.
+fn read(prefix: &Path) -> String {
+    let mut out = String::new();
+    for n in 0.. {
+        let mut path = prefix.as_os_str().to_owned();
+        path.push(format!(".{n}"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 fn free_port() -> u16 {

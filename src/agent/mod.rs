@@ -3,4 +3,6 @@
 pub mod client;
 pub mod env;
 pub mod fingerprint;
+pub mod http;
+pub mod logs;
 pub mod runner;

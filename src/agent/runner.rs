@@ -7,6 +7,7 @@
 //! updates to the servers.
 
 use super::env::{self, TaskDirs};
+use super::logs;
 use crate::drivers::{Driver, ExitResult, TaskConfig, TaskHandle, TaskResources};
 use caravan_schemas::alloc::{
     Allocation, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
@@ -266,7 +267,6 @@ impl TaskRunner {
             &dirs,
         );
         let config = env::interpolate_config(&self.task.config, &env, &self.ctx.node);
-        let logs = self.alloc_dir.join("alloc/logs");
         let ports = self
             .alloc
             .allocated_resources
@@ -300,9 +300,9 @@ impl TaskRunner {
             },
             alloc_dir: self.alloc_dir.clone(),
             task_dir: self.task_dir.clone(),
-            stdout_path: logs.join(format!("{}.stdout.0", self.task.name)),
-            stderr_path: logs.join(format!("{}.stderr.0", self.task.name)),
             ports,
+            // Output paths and rotation: filled in by `logs::prepare`.
+            ..TaskConfig::default()
         }
     }
 
@@ -393,6 +393,7 @@ impl TaskRunner {
     }
 
     fn finish(&self, failed: bool) -> bool {
+        logs::stop(&self.task_dir);
         self.update(|s| {
             s.state = TaskStatus::Dead;
             s.failed = failed;
@@ -435,7 +436,14 @@ impl TaskRunner {
         let handle = match self.recover(&*driver).await {
             Some(handle) => handle,
             None => {
-                let config = self.config();
+                let mut config = self.config();
+                if let Err(e) = logs::prepare(&mut config, &self.task, driver.name()).await {
+                    self.event(
+                        TaskEvent::new(event_types::SETUP_FAILURE, now_nanos())
+                            .with_setup_error(format!("setting up the task's logs: {e}")),
+                    );
+                    return Outcome::StartFailed;
+                }
                 let handle = match driver.start(&config).await {
                     Ok(h) => h,
                     Err(e) => {

@@ -56,6 +56,9 @@ enum Command {
     /// Inspect the servers.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Capture one task's output into rotated files (started by the agent).
+    #[command(hide = true)]
+    Logmon(crate::agent::logs::logmon::LogmonArgs),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -144,6 +147,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
+        Command::Logmon(args) => Ok(crate::agent::logs::logmon::run(&args)),
     }
 }
 
