@@ -56,9 +56,6 @@ enum Command {
     /// Inspect the servers.
     #[command(subcommand)]
     Server(server::ServerCommand),
-    /// Capture one task's output into rotated files (started by the agent).
-    #[command(hide = true)]
-    Logmon(crate::agent::logs::logmon::LogmonArgs),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -110,6 +107,11 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
 
 /// Runs the command line and returns the process exit status.
 pub fn main() -> i32 {
+    // `caravan logmon …` (hidden, started by the agent, one per task) skips building the whole
+    // command line, to touch as little of the binary as it can.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "logmon") {
+        return crate::agent::logs::logmon::main(std::env::args_os().skip(1));
+    }
     let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -147,7 +149,6 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
-        Command::Logmon(args) => Ok(crate::agent::logs::logmon::run(&args)),
     }
 }
 

@@ -27,7 +27,8 @@ const READ_CHUNK: usize = 32 * 1024;
 const DRAIN_MAX_READS: usize = 4096;
 
 /// `caravan logmon …` (hidden; started by the agent).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "logmon")]
 pub struct LogmonArgs {
     /// The allocation's log directory (`<alloc_dir>/alloc/logs`).
     #[arg(long = "log-dir")]
@@ -114,6 +115,18 @@ impl Stream {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// `caravan logmon ARGS`: `args` starts with `logmon`. Returns the exit status.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    use clap::Parser;
+    match LogmonArgs::try_parse_from(args) {
+        Ok(args) => run(&args),
+        Err(e) => {
+            let _ = e.print();
+            2
         }
     }
 }
