@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::Instrument;
 
+/// How long a stopping agent lets open HTTP requests finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Clone, Default, Args)]
 pub struct AgentArgs {
     /// Server and client in one process on the embedded store, data in a temporary directory.
@@ -313,7 +316,8 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
-    let _ = api.await;
+    // Open requests (blocking queries, followed logs) get a moment to finish, not forever.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, api).await;
     let _ = store.close().await;
     drop(temp);
     Ok(0)
@@ -369,7 +373,7 @@ async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
-    let _ = http.await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, http).await;
     Ok(0)
 }
 
