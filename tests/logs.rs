@@ -386,14 +386,7 @@ async fn alloc_logs_follows_a_task_on_a_client_only_agent_through_a_server() {
         "streamed, not read at the end"
     );
     // And the command exits by itself once the task is done and everything was printed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = follow.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "alloc logs -f did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_of(&mut follow, "alloc logs -f exits when the task is done").await;
     assert!(status.success(), "{status}");
     reader.join().unwrap();
     let mut lines = vec![first];
@@ -465,6 +458,107 @@ async fn paths_out_of_the_allocation_are_refused() {
         resp.body
     );
     assert!(!resp.body.contains("secret\n"));
+}
+
+/// A logmon started by hand, reading FIFOs in `dir/logs`.
+fn spawn_logmon(dir: &Path) -> Child {
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let logs = dir.join("logs");
+    Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .arg("logmon")
+        .arg("--log-dir")
+        .arg(&logs)
+        .args([
+            "--task",
+            "t",
+            "--max-files",
+            "2",
+            "--max-file-size",
+            "100000",
+        ])
+        .arg("--stdout-fifo")
+        .arg(logs.join(".t.stdout.fifo"))
+        .arg("--stderr-fifo")
+        .arg(logs.join(".t.stderr.fifo"))
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logmon_outlives_its_writers_and_drains_on_sigterm() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut logmon = spawn_logmon(dir.path());
+    let logs = dir.path().join("logs");
+    eventually(Duration::from_secs(10), "both FIFOs are read", || async {
+        logs.join("t.stderr.0").exists()
+    })
+    .await;
+    let write = |text: &[u8]| {
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .open(logs.join(".t.stdout.fifo"))
+            .unwrap();
+        fifo.write_all(text).unwrap();
+    };
+    // A task that exits and is started again: the writer closes and a new one opens.
+    write(b"first run\n");
+    eventually(
+        Duration::from_secs(10),
+        "the first run's output",
+        || async { std::fs::read_to_string(logs.join("t.stdout.0")).unwrap() == "first run\n" },
+    )
+    .await;
+    assert!(
+        logmon.try_wait().unwrap().is_none(),
+        "a closed writer is not the end"
+    );
+    write(b"second run\n");
+    // What is still in the pipe when SIGTERM comes is written before it exits.
+    let burst: Vec<u8> = (0..6000)
+        .flat_map(|i| format!("{i:09}\n").into_bytes())
+        .collect();
+    write(&burst);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(logmon.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = logmon.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut all = std::fs::read(logs.join("t.stdout.0")).unwrap();
+    all.extend(std::fs::read(logs.join("t.stdout.1")).unwrap_or_default());
+    let mut want = b"first run\nsecond run\n".to_vec();
+    want.extend_from_slice(&burst);
+    assert_eq!(all.len(), want.len());
+    assert!(all == want, "output reordered or lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logmon_exits_when_its_log_directory_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut logmon = spawn_logmon(dir.path());
+    let logs = dir.path().join("logs");
+    eventually(Duration::from_secs(10), "logmon is up", || async {
+        logs.join("t.stderr.0").exists()
+    })
+    .await;
+    std::fs::remove_dir_all(&logs).unwrap();
+    let status = exit_of(&mut logmon, "logmon exits without its log directory").await;
+    assert!(status.success(), "{status}");
+}
+
+/// Waits (bounded) for a child to exit.
+async fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let child = std::sync::Mutex::new(child);
+    let status = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(30), what, || async {
+        let exited = child.lock().unwrap().try_wait().unwrap();
+        *status.lock().unwrap() = exited;
+        exited.is_some()
+    })
+    .await;
+    status.into_inner().unwrap().unwrap()
 }
 
 /// How much memory of its own a logmon holds: it is one process per task.

@@ -27,7 +27,7 @@ const READ_CHUNK: usize = 32 * 1024;
 const DRAIN_MAX_READS: usize = 4096;
 
 /// `caravan logmon …` (hidden; started by the agent).
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
 #[command(name = "logmon")]
 pub struct LogmonArgs {
     /// The allocation's log directory (`<alloc_dir>/alloc/logs`).
@@ -208,5 +208,26 @@ fn serve(args: &LogmonArgs) -> Result<(), String> {
         if !args.log_dir.is_dir() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_agent_s_arguments_read_back() {
+        let args = LogmonArgs {
+            log_dir: "/data/client/allocs/a b/alloc/logs".into(),
+            task: "web".into(),
+            stdout_fifo: "/x/.web.stdout.fifo".into(),
+            stderr_fifo: "/x/.web.stderr.fifo".into(),
+            max_files: 3,
+            max_file_size_bytes: 1234,
+        };
+        let argv = std::iter::once("logmon".into()).chain(args.to_args());
+        assert_eq!(LogmonArgs::try_parse_from(argv).unwrap(), args);
+        assert_eq!(main(["logmon".into(), "--bogus".into()]), 2);
     }
 }

@@ -53,6 +53,8 @@ pub enum LogError {
     Escapes(PathBuf),
     #[error("starting logmon for task {task}: {message}")]
     Logmon { task: String, message: String },
+    #[error("{path}: encoding: {message}")]
+    Encode { path: PathBuf, message: String },
 }
 
 impl LogError {
@@ -126,9 +128,9 @@ impl LogState {
     fn write(&self, task_dir: &Path) -> Result<(), LogError> {
         let path = task_dir.join(STATE_FILE);
         let tmp = task_dir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec(self).map_err(|e| LogError::Logmon {
-            task: task_dir.display().to_string(),
-            message: format!("encoding the log state: {e}"),
+        let bytes = serde_json::to_vec(self).map_err(|e| LogError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
         })?;
         std::fs::write(&tmp, bytes).map_err(|e| LogError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))
