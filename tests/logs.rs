@@ -217,9 +217,11 @@ async fn rotation_keeps_max_files_and_the_newest_output_is_readable() {
         .expect(200)
         .body;
     assert_eq!(all.len() as u64, files.iter().map(|(_, s)| s).sum::<u64>());
-    let first: u64 = all.lines().next().unwrap().parse().unwrap();
+    // The oldest file kept may start in the middle of a line (output is read in pieces).
+    let (_, whole) = all.split_once('\n').unwrap();
+    let first: u64 = whole.lines().next().unwrap().parse().unwrap();
     assert!(first > 1, "the oldest lines were rotated away");
-    assert_eq!(assert_consecutive(&all, first), 1_000_001);
+    assert_eq!(assert_consecutive(whole, first), 1_000_001);
     // Offsets from the start count from the oldest file kept.
     let from_second = client
         .get(&format!(
@@ -361,38 +363,50 @@ async fn alloc_logs_follows_a_task_on_a_client_only_agent_through_a_server() {
         .expect(200);
     let alloc = wait_for_status(&client, "remote", "running").await;
     let short = alloc["ID"].as_str().unwrap()[..8].to_owned();
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_caravan"))
-        .args(["alloc", "logs", "-f", &short])
-        .env("CARAVAN_ADDR", format!("http://{addr}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let _ = tx.send(line.unwrap());
-        }
-    });
+    let (mut follow, rx, reader) = follower(&addr, &["-f", &short]);
     std::fs::write(&go, "").unwrap();
     // Lines arrive while the task runs (30 lines take 3 s).
-    let first = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("a first line");
-    assert_eq!(first, "line 1");
+    let mut lines = Vec::new();
+    while lines.len() < 5 {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(15))
+                .expect("lines as they are printed"),
+        );
+    }
+    assert_eq!(lines[0], "line 1");
     let still = first_alloc(&client, "remote").await.unwrap();
     assert_eq!(
         still["ClientStatus"], "running",
         "streamed, not read at the end"
     );
-    // And the command exits by itself once the task is done and everything was printed.
+    // Meanwhile, -tail -f starts with the last lines and goes on from there.
+    let (mut tail_follow, tail_rx, tail_reader) =
+        follower(&addr, &["-tail", "-n", "2", "-f", &short]);
+    let tail_first = tail_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the tail");
+    let still = first_alloc(&client, "remote").await.unwrap();
+    assert_eq!(still["ClientStatus"], "running", "the tail came at once");
+    // Both exit by themselves once the task is done and everything was printed.
     let status = exit_of(&mut follow, "alloc logs -f exits when the task is done").await;
     assert!(status.success(), "{status}");
     reader.join().unwrap();
-    let mut lines = vec![first];
     lines.extend(rx.try_iter());
     let want: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
     assert_eq!(lines, want);
+    let status = exit_of(&mut tail_follow, "alloc logs -tail -f exits too").await;
+    assert!(status.success(), "{status}");
+    tail_reader.join().unwrap();
+    let tail: Vec<String> = std::iter::once(tail_first)
+        .chain(tail_rx.try_iter())
+        .collect();
+    let from: usize = tail
+        .first()
+        .and_then(|l| l.strip_prefix("line "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{tail:?}"));
+    assert!((4..=29).contains(&from), "{tail:?}");
+    assert_eq!(tail, want[from - 1..], "the tail, then every line after it");
 
     // -tail -n through the server too.
     let out = Command::new(env!("CARGO_BIN_EXE_caravan"))
@@ -546,6 +560,32 @@ async fn logmon_exits_when_its_log_directory_is_removed() {
     std::fs::remove_dir_all(&logs).unwrap();
     let status = exit_of(&mut logmon, "logmon exits without its log directory").await;
     assert!(status.success(), "{status}");
+}
+
+/// `caravan alloc logs ARGS` against `addr`, its output lines sent as they come.
+fn follower(
+    addr: &str,
+    args: &[&str],
+) -> (
+    Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(["alloc", "logs"])
+        .args(args)
+        .env("CARAVAN_ADDR", format!("http://{addr}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    (child, rx, reader)
 }
 
 /// Waits (bounded) for a child to exit.

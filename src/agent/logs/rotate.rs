@@ -1,9 +1,10 @@
 //! Rotated log files: `<dir>/<task>.<type>.<n>`, `n` counting up from 0.
 //!
 //! A [`RotatingWriter`] appends to the file with the highest index; when a write would take the
-//! file past `max_file_size_bytes` it fills the file up to the last whole line that fits (or to
-//! the brim when a line is longer than a whole file) and carries on in the next index, then
-//! deletes the oldest files so that at most `max_files` remain. Reopened (a logmon restarted, an
+//! file past `max_file_size_bytes` it fills the file up to the write's last line break that fits
+//! (or to the brim when a line is longer than a whole file) and carries on in the next index,
+//! then deletes the oldest files so that at most `max_files` remain. Output arrives in pieces
+//! (pipe reads), so a line written in two pieces may still straddle two files, as in Nomad. Reopened (a logmon restarted, an
 //! agent re-attached to a container), it carries on appending to the highest existing index.
 //! Files never exceed the size, so byte offsets across files add up exactly.
 
