@@ -304,6 +304,69 @@ async fn an_agent_restart_loses_no_line_and_repeats_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_replaces_a_logmon_that_died_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (first, client) = dev_agent(&data);
+    ready_nodes(&client, 1).await;
+    // The task survives writing to a pipe nobody reads (those lines are lost).
+    let script = "trap '' PIPE; i=0; while true; do echo $i; i=$((i+1)); sleep 0.02; done";
+    client
+        .post("/v1/jobs", &job("orphan", "service", script, None))
+        .await
+        .expect(200);
+    let alloc = wait_for_status(&client, "orphan", "running").await;
+    let id = alloc["ID"].as_str().unwrap().to_owned();
+    let task_dir = data.join("client/allocs").join(&id).join("t");
+    let stdout_0 = data
+        .join("client/allocs")
+        .join(&id)
+        .join("alloc/logs/t.stdout.0");
+    eventually(Duration::from_secs(10), "some lines", || async {
+        std::fs::read_to_string(&stdout_0)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            > 10
+    })
+    .await;
+    let old = logmon_pid(&task_dir).unwrap();
+    drop(first);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "the logmon is gone", || async {
+        logmons_of(&id).is_empty()
+    })
+    .await;
+    let before = std::fs::read_to_string(&stdout_0).unwrap().lines().count();
+
+    let (_second, client) = dev_agent(&data);
+    eventually(Duration::from_secs(20), "a new logmon", || async {
+        logmons_of(&id).len() == 1
+    })
+    .await;
+    assert_ne!(logmon_pid(&task_dir), Some(old));
+    eventually(Duration::from_secs(10), "output captured again", || async {
+        std::fs::read_to_string(&stdout_0).unwrap().lines().count() > before + 20
+    })
+    .await;
+    let alloc = first_alloc(&client, "orphan").await.unwrap();
+    assert_eq!(alloc["ClientStatus"], "running", "{alloc}");
+    assert_eq!(
+        alloc["TaskStates"]["t"]["Restarts"], 0,
+        "the task itself was not restarted"
+    );
+    client.delete("/v1/job/orphan").await.expect(200);
+    eventually(Duration::from_secs(15), "the logmon exits", || async {
+        logmons_of(&id).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alloc_logs_follows_a_task_on_a_client_only_agent_through_a_server() {
     let dir = tempfile::tempdir().unwrap();
     let (server, addr) = spawn_agent(&[

@@ -523,6 +523,7 @@ impl TaskRunner {
         match driver.recover(&handle).await {
             Ok(()) => {
                 tracing::info!(task = %self.task.name, "re-attached to the running task");
+                logs::reattach(&self.task_dir).await;
                 self.persist(&handle);
                 self.update(|s| s.state = TaskStatus::Running);
                 Some(handle)

@@ -27,7 +27,7 @@ const READ_CHUNK: usize = 32 * 1024;
 const DRAIN_MAX_READS: usize = 4096;
 
 /// `caravan logmon …` (hidden; started by the agent).
-#[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Parser, serde::Serialize, serde::Deserialize)]
 #[command(name = "logmon")]
 pub struct LogmonArgs {
     /// The allocation's log directory (`<alloc_dir>/alloc/logs`).

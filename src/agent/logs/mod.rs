@@ -112,6 +112,9 @@ struct LogState {
     /// The logmon capturing the task's output, if its driver uses one.
     #[serde(default)]
     logmon: Option<ProcessId>,
+    /// How the logmon was started, to start it again if it died while the agent was down.
+    #[serde(default)]
+    args: Option<logmon::LogmonArgs>,
     #[serde(default)]
     fifos: Vec<PathBuf>,
     /// The task is done for good: once the logmon is gone, the files are complete.
@@ -168,6 +171,7 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
     let rotation = LogRotation::from_config(task.log_config.as_ref());
     config.logs = rotation;
     let previous = LogState::read(&config.task_dir).unwrap_or_default();
+    let previous_args = previous.args.clone();
     let mut state = LogState::default();
     if task.log_config.as_ref().is_some_and(|l| l.disabled) {
         config.stdout_path = PathBuf::from("/dev/null");
@@ -201,9 +205,14 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
                     max_files: rotation.max_files,
                     max_file_size_bytes: rotation.max_file_size_bytes,
                 };
-                spawn_logmon(&args, &config.task_dir).await?
+                let logmon = spawn_logmon(&args, &config.task_dir).await?;
+                state.args = Some(args);
+                logmon
             }
         };
+        if state.args.is_none() {
+            state.args = previous_args;
+        }
         config.stdout_path = fifos[0].clone();
         config.stderr_path = fifos[1].clone();
         state.logmon = Some(logmon);
@@ -213,6 +222,30 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
         config.stderr_path = dir.join(format!("{}.stderr", config.task));
     }
     state.write(&config.task_dir)
+}
+
+/// After an agent restart, for a task that is still running: its logmon goes on capturing its
+/// output, or, if it died meanwhile, a new one is started on the same FIFOs.
+pub async fn reattach(task_dir: &Path) {
+    let Some(mut state) = LogState::read(task_dir) else {
+        return;
+    };
+    if state.finished || state.logmon.as_ref().is_some_and(ProcessId::is_alive) {
+        return;
+    }
+    let Some(args) = state.args.clone() else {
+        return;
+    };
+    tracing::warn!(task = %args.task, "the task's logmon is gone; starting another");
+    match spawn_logmon(&args, task_dir).await {
+        Ok(logmon) => {
+            state.logmon = Some(logmon);
+            if let Err(e) = state.write(task_dir) {
+                tracing::warn!(error = %e, "recording the task's new logmon");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the task's output is no longer captured"),
+    }
 }
 
 /// The task is done for good: its logmon (if any) is told to take what the pipes still hold
