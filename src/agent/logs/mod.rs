@@ -171,7 +171,6 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
     let rotation = LogRotation::from_config(task.log_config.as_ref());
     config.logs = rotation;
     let previous = LogState::read(&config.task_dir).unwrap_or_default();
-    let previous_args = previous.args.clone();
     let mut state = LogState::default();
     if task.log_config.as_ref().is_some_and(|l| l.disabled) {
         config.stdout_path = PathBuf::from("/dev/null");
@@ -187,14 +186,14 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
         }
         // A logmon reading FIFOs that were since replaced would read nothing: only one reading
         // the FIFOs that are there is reused.
-        let previous = previous.logmon.filter(ProcessId::is_alive);
-        let logmon = match previous.clone().filter(|_| !created) {
-            Some(running) => {
+        let running = previous.logmon.filter(ProcessId::is_alive);
+        let (logmon, args) = match (running, previous.args) {
+            (Some(running), Some(args)) if !created => {
                 tracing::debug!(pid = running.pid, "reusing the task's running logmon");
-                running
+                (running, args)
             }
-            None => {
-                if let Some(stale) = previous {
+            (stale, _) => {
+                if let Some(stale) = stale {
                     stale.terminate();
                 }
                 let args = logmon::LogmonArgs {
@@ -205,17 +204,13 @@ pub async fn prepare(config: &mut TaskConfig, task: &Task, driver: &str) -> Resu
                     max_files: rotation.max_files,
                     max_file_size_bytes: rotation.max_file_size_bytes,
                 };
-                let logmon = spawn_logmon(&args, &config.task_dir).await?;
-                state.args = Some(args);
-                logmon
+                (spawn_logmon(&args, &config.task_dir).await?, args)
             }
         };
-        if state.args.is_none() {
-            state.args = previous_args;
-        }
         config.stdout_path = fifos[0].clone();
         config.stderr_path = fifos[1].clone();
         state.logmon = Some(logmon);
+        state.args = Some(args);
         state.fifos = fifos.to_vec();
     } else {
         config.stdout_path = dir.join(format!("{}.stdout", config.task));
@@ -340,4 +335,104 @@ async fn spawn_logmon(args: &logmon::LogmonArgs, task_dir: &Path) -> Result<Proc
     );
     tracing::debug!(pid, "logmon started");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravan_schemas::job::LogConfig;
+
+    fn task_config(alloc_dir: &Path) -> TaskConfig {
+        let task_dir = alloc_dir.join("web");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        TaskConfig {
+            task: "web".into(),
+            alloc_dir: alloc_dir.to_path_buf(),
+            task_dir,
+            ..TaskConfig::default()
+        }
+    }
+
+    fn task(logs: Option<LogConfig>) -> Task {
+        Task {
+            name: "web".into(),
+            log_config: logs,
+            ..Task::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn drivers_that_write_their_own_logs_get_a_prefix_and_the_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = task_config(dir.path());
+        let logs = LogConfig {
+            max_files: 4,
+            max_file_size_mb: 2,
+            disabled: false,
+        };
+        prepare(&mut config, &task(Some(logs)), "docker")
+            .await
+            .unwrap();
+        assert_eq!(config.stdout_path, dir.path().join("alloc/logs/web.stdout"));
+        assert_eq!(config.stderr_path, dir.path().join("alloc/logs/web.stderr"));
+        assert_eq!(
+            config.logs,
+            LogRotation {
+                max_files: 4,
+                max_file_size_bytes: 2 << 20
+            }
+        );
+        assert!(running_logmon(&config.task_dir).is_none());
+        assert!(
+            !output_complete(&config.task_dir),
+            "the task has not run yet"
+        );
+        stop(&config.task_dir);
+        assert!(output_complete(&config.task_dir));
+        // Started again (a new run of the task): not complete any more.
+        prepare(&mut config, &task(None), "docker").await.unwrap();
+        assert!(!output_complete(&config.task_dir));
+        assert_eq!(config.logs, LogRotation::default());
+    }
+
+    #[tokio::test]
+    async fn disabled_logs_go_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = task_config(dir.path());
+        let logs = LogConfig {
+            disabled: true,
+            ..LogConfig::default()
+        };
+        prepare(&mut config, &task(Some(logs)), "raw_exec")
+            .await
+            .unwrap();
+        assert_eq!(config.stdout_path, Path::new("/dev/null"));
+        assert!(running_logmon(&config.task_dir).is_none());
+    }
+
+    #[tokio::test]
+    async fn task_names_that_are_paths_are_refused() {
+        for name in ["", ".", "..", "a/b", "../x"] {
+            assert!(check_task_name(name).is_err(), "{name:?}");
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = task_config(dir.path());
+            config.task = name.into();
+            let err = prepare(&mut config, &task(None), "docker")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, LogError::Invalid(_)), "{err}");
+        }
+        assert!(check_task_name("web-1.a_b").is_ok());
+    }
+
+    #[test]
+    fn fifos_are_made_once_and_replace_what_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".t.stdout.fifo");
+        assert!(make_fifo(&path).unwrap());
+        assert!(!make_fifo(&path).unwrap(), "already there");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        assert!(make_fifo(&file).unwrap(), "a regular file is replaced");
+    }
 }
