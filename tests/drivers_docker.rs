@@ -103,8 +103,9 @@ impl Fixture {
             task: name.into(),
             config: config.into_iter().collect(),
             env: BTreeMap::from([("NOMAD_TASK_NAME".to_string(), name.to_string())]),
-            stdout_path: alloc_dir.join(format!("alloc/logs/{name}.stdout.0")),
-            stderr_path: alloc_dir.join(format!("alloc/logs/{name}.stderr.0")),
+            // The driver writes `<prefix>.<n>`, rotated.
+            stdout_path: alloc_dir.join(format!("alloc/logs/{name}.stdout")),
+            stderr_path: alloc_dir.join(format!("alloc/logs/{name}.stderr")),
             alloc_dir,
             task_dir,
             ..Default::default()
@@ -137,8 +138,18 @@ impl Fixture {
     }
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+/// A log written by the driver: its rotated files `<prefix>.0`, `.1`, … in order.
+fn read(prefix: &Path) -> String {
+    let mut out = String::new();
+    for n in 0.. {
+        let mut path = prefix.as_os_str().to_owned();
+        path.push(format!(".{n}"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 fn free_port() -> u16 {
@@ -383,7 +394,10 @@ async fn volumes_are_confined_to_the_alloc_dir() {
     let exit = fx.driver.wait(&handle).await.unwrap();
     assert!(exit.successful(), "{exit:?} {}", read(&task.stderr_path));
     assert_eq!(read(&task.stdout_path), "from the task dir\nfrom local\n");
-    assert_eq!(read(&fx.alloc_dir().join("alloc/from-task")), "shared\n");
+    assert_eq!(
+        std::fs::read_to_string(fx.alloc_dir().join("alloc/from-task")).unwrap(),
+        "shared\n"
+    );
     fx.driver.destroy(&handle).await.unwrap();
 
     // An absolute path outside the alloc dir, or a relative one climbing out of it: refused.
@@ -597,6 +611,41 @@ async fn a_new_driver_recovers_the_task_and_its_logs() {
         fourth.recover(&handle).await,
         Err(DriverError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn container_output_is_rotated_by_the_logs_block() {
+    let fx = Fixture::new().await;
+    let mut task = fx.task(
+        "rotated",
+        json!({
+            "image": BUSYBOX,
+            "command": "sh",
+            "args": ["-c", "i=10; while [ $i -lt 60 ]; do echo line $i; i=$((i+1)); done"],
+        }),
+    );
+    task.logs = caravan::agent::logs::LogRotation {
+        max_files: 2,
+        max_file_size_bytes: 100,
+    };
+    let handle = fx.driver.start(&task).await.unwrap();
+    assert!(fx.driver.wait(&handle).await.unwrap().successful());
+    fx.driver.destroy(&handle).await.unwrap();
+    // 50 lines of 8 bytes in files of at most 100 (12 whole lines): 5 files, the last 2 kept.
+    let logs = fx.alloc_dir().join("alloc/logs");
+    let mut kept: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("rotated.stdout."))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["rotated.stdout.3", "rotated.stdout.4"]);
+    let newest: String = kept
+        .iter()
+        .map(|n| std::fs::read_to_string(logs.join(n)).unwrap())
+        .collect();
+    let want: String = (46..60).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(newest, want);
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@ pub mod checks;
 pub mod client;
 pub mod env;
 pub mod fingerprint;
+pub mod http;
+pub mod logs;
 pub mod runner;
 pub mod sandbox;
 pub mod template;

@@ -9,7 +9,7 @@
 
 use super::checks::{self, TaskLink};
 use super::env::{self, TaskDirs};
-use super::{artifact, template};
+use super::{artifact, logs, template};
 use crate::drivers::{Driver, ExitResult, TaskConfig, TaskHandle, TaskResources};
 use caravan_schemas::alloc::{
     Allocation, CheckQueryResult, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
@@ -597,7 +597,6 @@ impl TaskRunner {
         let mut env = self.task_env();
         env.extend(template_env);
         let config = env::interpolate_config(&self.task.config, &env, &self.ctx.node);
-        let logs = self.alloc_dir.join("alloc/logs");
         let ports = self
             .alloc
             .allocated_resources
@@ -631,9 +630,9 @@ impl TaskRunner {
             },
             alloc_dir: self.alloc_dir.clone(),
             task_dir: self.task_dir.clone(),
-            stdout_path: logs.join(format!("{}.stdout.0", self.task.name)),
-            stderr_path: logs.join(format!("{}.stderr.0", self.task.name)),
             ports,
+            // Output paths and rotation: filled in by `logs::prepare`.
+            ..TaskConfig::default()
         }
     }
 
@@ -723,6 +722,7 @@ impl TaskRunner {
     }
 
     fn finish(&self, failed: bool) -> bool {
+        logs::stop(&self.task_dir);
         self.update(|s| {
             s.state = TaskStatus::Dead;
             s.failed = failed;
@@ -765,7 +765,14 @@ impl TaskRunner {
                     Ok(vars) => vars,
                     Err(outcome) => return outcome,
                 };
-                let config = self.config(template_env);
+                let mut config = self.config(template_env);
+                if let Err(e) = logs::prepare(&mut config, &self.task, driver.name()).await {
+                    self.event(
+                        TaskEvent::new(event_types::SETUP_FAILURE, now_nanos())
+                            .with_setup_error(format!("setting up the task's logs: {e}")),
+                    );
+                    return Outcome::StartFailed;
+                }
                 let handle = match driver.start(&config).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -921,6 +928,7 @@ impl TaskRunner {
         match driver.recover(&handle).await {
             Ok(()) => {
                 tracing::info!(task = %self.task.name, "re-attached to the running task");
+                logs::reattach(&self.task_dir).await;
                 self.persist(&handle);
                 self.update(|s| s.state = TaskStatus::Running);
                 Some(handle)

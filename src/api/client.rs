@@ -38,7 +38,6 @@ pub async fn route(api: &Api, req: &Request, segs: &[&str]) -> Result<Reply, Api
         (&Method::POST | &Method::PUT, ["client", "allocations", "update"]) => {
             update(server, req).await
         }
-        (&Method::GET, ["client", "fs", "logs", alloc]) => super::logs::logs(api, req, alloc).await,
         (&Method::GET, ["client", "allocation", id, "checks"]) => checks(server, req, id),
         (
             _,

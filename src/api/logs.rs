@@ -1,145 +1,121 @@
-//! `GET /v1/client/fs/logs/:alloc?task=&type=stdout|stderr&origin=start|end&offset=&plain=`:
-//! a task's log, read from the allocation directory of the agent that runs it. A server whose
+//! `GET /v1/client/fs/logs/:alloc?task=&type=stdout|stderr&origin=start|end&offset=&plain=&follow=`:
+//! a task's log, streamed from the allocation directory of the agent that runs it (see
+//! [`crate::agent::logs::stream`] for what is read and how a followed log ends). A server whose
 //! own client runs the allocation (`-dev`) reads it directly; otherwise it forwards the request
-//! to the node's agent.
-//!
-//! Paths never leave the allocation's log directory: the task must be one of the allocation's,
-//! and the file names are built, never taken from the request.
+//! to the node's agent (its registered `HTTPAddr`) and streams the answer through as it comes.
 
-use super::{Api, ApiError, Reply, Request};
-use base64::Engine;
-use std::path::{Path, PathBuf};
-use warp::http::StatusCode;
+use super::{Api, ApiError, Request};
+use crate::agent::logs::LogError;
+use crate::agent::logs::stream::{LogQuery, LogReader};
+use bytes::Bytes;
+use std::path::Path;
+use std::time::Duration;
+use warp::Reply as _;
+use warp::http::{HeaderValue, StatusCode};
 
 /// A header marking a forwarded request, so two agents never forward to each other in a loop.
-const FORWARDED: &str = "x-caravan-forwarded";
+pub const FORWARDED: &str = "x-caravan-forwarded";
+/// How long connecting to a node's agent may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn logs(api: &Api, req: &Request, alloc_id: &str) -> Result<Reply, ApiError> {
+/// Whether a request is for this module (its answer is streamed, so it bypasses [`super::route`]).
+pub fn handles(req: &Request) -> bool {
+    req.method == warp::http::Method::GET
+        && req.segments.len() == 4
+        && req.segments[..3] == ["client", "fs", "logs"]
+}
+
+/// Answers a logs request.
+pub async fn respond(api: &Api, req: &Request) -> warp::reply::Response {
+    let alloc_id = req.segments.get(3).map_or("", String::as_str);
+    match logs(api, req, alloc_id).await {
+        Ok(resp) => resp,
+        Err(e) => super::respond(Err(e)),
+    }
+}
+
+async fn logs(api: &Api, req: &Request, alloc_id: &str) -> Result<warp::reply::Response, ApiError> {
     let server = &api.server;
     let alloc = super::allocations::find(server, &server.cache.allocs.snapshot(), req, alloc_id)?;
-    let group_tasks: Vec<String> = alloc
+    let tasks: Vec<String> = alloc
         .job
         .as_ref()
         .and_then(|j| j.group(&alloc.task_group))
         .map(|g| g.tasks.iter().map(|t| t.name.clone()).collect())
         .unwrap_or_default();
-    let task = match (req.param("task"), group_tasks.as_slice()) {
-        (Some(t), _) if group_tasks.iter().any(|g| g == t) => t.to_owned(),
-        (Some(t), _) => {
-            return Err(ApiError::BadRequest(format!(
-                "task {t:?} is not in allocation {}",
-                alloc.id.short()
-            )));
-        }
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            return Err(ApiError::BadRequest(
-                "must include a task name (?task=)".into(),
-            ));
-        }
-    };
-    let kind = match req.param("type").unwrap_or("stdout") {
-        k @ ("stdout" | "stderr") => k,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "log type must be stdout or stderr, got {other:?}"
-            )));
-        }
-    };
-    let offset: u64 = req
-        .param("offset")
-        .filter(|o| !o.is_empty())
-        .map(|o| {
-            o.parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid offset {o:?}")))
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let from_end = match req.param("origin").unwrap_or("start") {
-        "start" => false,
-        "end" => true,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "origin must be start or end, got {other:?}"
-            )));
-        }
-    };
-
+    let query = LogQuery::parse(&req.query, &tasks).map_err(api_error)?;
     let local = server
         .options
         .local_alloc_root
         .as_ref()
-        .map(|root| root.join(alloc.id.as_str()));
-    let data = match local.filter(|dir| dir.is_dir()) {
-        Some(dir) => read_log(
-            &dir.join("alloc").join("logs"),
-            &task,
-            kind,
-            offset,
-            from_end,
-        )?,
-        None => return forward(api, req, alloc.node_id.as_str(), alloc.id.as_str()).await,
-    };
-    if req.flag("plain") {
-        return Ok(Reply {
-            status: StatusCode::OK,
-            body: data.into(),
-            content_type: "text/plain; charset=utf-8",
-            index: None,
-        });
+        .map(|root| root.join(alloc.id.as_str()))
+        .filter(|dir| dir.is_dir());
+    match local {
+        Some(dir) => serve_local(&dir, &query),
+        None => forward(api, req, alloc.node_id.as_str(), alloc.id.as_str(), &query).await,
     }
-    let frame = serde_json::json!({
-        "Offset": offset + data.len() as u64,
-        "Data": base64::engine::general_purpose::STANDARD.encode(&data),
-        "File": format!("alloc/logs/{task}.{kind}.0"),
-    });
-    Reply::json(&frame, server.cache.allocs.index())
 }
 
-/// The log's bytes: its rotated files (`<task>.<type>.0`, `.1`, …) in order, from `offset`
-/// bytes after the start, or the last `offset` bytes when reading from the end.
-fn read_log(
-    dir: &Path,
-    task: &str,
-    kind: &str,
-    offset: u64,
-    from_end: bool,
-) -> Result<Vec<u8>, ApiError> {
-    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
-        .map_err(|e| ApiError::Internal(format!("reading {}: {e}", dir.display())))?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let n: u32 = name
-                .strip_prefix(&format!("{task}.{kind}."))?
-                .parse()
-                .ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    files.sort();
-    let mut all = Vec::new();
-    for (_, path) in files {
-        let mut bytes = std::fs::read(&path)
-            .map_err(|e| ApiError::Internal(format!("reading {}: {e}", path.display())))?;
-        all.append(&mut bytes);
-    }
-    let len = all.len();
-    let offset = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
-    Ok(if from_end {
-        all.split_off(len - offset)
+/// Streams the log `query` names from the allocation directory `alloc_dir`.
+pub fn serve_local(alloc_dir: &Path, query: &LogQuery) -> Result<warp::reply::Response, ApiError> {
+    let reader = LogReader::open(alloc_dir, query).map_err(api_error)?;
+    Ok(streamed(reader.into_stream(), query.plain))
+}
+
+/// A 200 whose body is `body`, sent as it comes.
+fn streamed<S>(body: S, plain: bool) -> warp::reply::Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut resp =
+        warp::reply::stream(SyncStream(std::sync::Mutex::new(Box::pin(body)))).into_response();
+    let content_type = if plain {
+        "text/plain; charset=utf-8"
     } else {
-        all.split_off(offset)
-    })
+        "application/json"
+    };
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
+    resp
 }
 
-/// Asks the agent running the allocation.
+/// A stream that is `Sync` (as warp wants a body stream to be) because it is only reached
+/// through `&mut` ([`std::sync::Mutex::get_mut`] takes no lock).
+struct SyncStream<S>(std::sync::Mutex<std::pin::Pin<Box<S>>>);
+
+impl<S: futures::Stream> futures::Stream for SyncStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let inner = match self.get_mut().0.get_mut() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        inner.as_mut().poll_next(cx)
+    }
+}
+
+/// How a log error is answered.
+pub fn api_error(e: LogError) -> ApiError {
+    match e {
+        LogError::Invalid(m) => ApiError::BadRequest(m),
+        LogError::NotFound(m) => ApiError::NotFound(m),
+        e @ LogError::Escapes(_) => ApiError::BadRequest(e.to_string()),
+        e => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// Asks the agent running the allocation, and streams its answer through.
 async fn forward(
     api: &Api,
     req: &Request,
     node_id: &str,
     alloc_id: &str,
-) -> Result<Reply, ApiError> {
+    query: &LogQuery,
+) -> Result<warp::reply::Response, ApiError> {
     let node = api
         .server
         .cache
@@ -153,8 +129,8 @@ async fn forward(
         || node.http_addr == api.server.identity.advertise
     {
         return Err(ApiError::Unavailable(format!(
-            "the logs of allocation {alloc_id} are on node {} ({}), whose agent serves no HTTP API; read them from its data dir",
-            node.name, node_id
+            "the logs of allocation {alloc_id} are on node {} ({node_id}), whose agent serves no HTTP API",
+            node.name
         )));
     }
     let mut url = reqwest::Url::parse(&format!(
@@ -165,7 +141,11 @@ async fn forward(
         ApiError::Unavailable(format!("node {} has an unusable address: {e}", node.name))
     })?;
     url.query_pairs_mut().extend_pairs(req.query.iter());
-    let resp = reqwest::Client::new()
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| ApiError::Internal(format!("building an HTTP client: {e}")))?;
+    let resp = client
         .get(url)
         .header(FORWARDED, "1")
         .send()
@@ -174,19 +154,31 @@ async fn forward(
             ApiError::Unavailable(format!("asking node {} for the logs: {e}", node.name))
         })?;
     let status = resp.status();
-    let content_type = if req.flag("plain") {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/json"
-    };
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("reading node {}'s answer: {e}", node.name)))?;
-    Ok(Reply {
-        status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-        body,
-        content_type,
-        index: None,
-    })
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let mut answer = super::Reply::text(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            text,
+        );
+        answer.index = None;
+        return Ok(super::respond(Ok(answer)));
+    }
+    let name = node.name.clone();
+    let body = futures::stream::unfold(Some(resp), move |resp| {
+        let name = name.clone();
+        async move {
+            let mut resp = resp?;
+            match resp.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(resp))),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(std::io::Error::other(format!(
+                        "reading node {name}'s answer: {e}"
+                    ))),
+                    None,
+                )),
+            }
+        }
+    });
+    Ok(streamed(body, query.plain))
 }

@@ -428,7 +428,7 @@ pub fn find_by_prefix<'a, T: 'a>(
     }
 }
 
-fn respond(result: Result<Reply, ApiError>) -> warp::reply::Response {
+pub(crate) fn respond(result: Result<Reply, ApiError>) -> warp::reply::Response {
     let reply = result.unwrap_or_else(|e| Reply::text(e.status(), e.to_string()));
     let mut resp = warp::reply::Response::new(reply.body.into());
     *resp.status_mut() = reply.status;
@@ -442,7 +442,7 @@ fn respond(result: Result<Reply, ApiError>) -> warp::reply::Response {
     resp
 }
 
-fn split_path(path: &str) -> Option<Vec<String>> {
+pub(crate) fn split_path(path: &str) -> Option<Vec<String>> {
     let rest = path.strip_prefix("/v1/")?;
     Some(
         rest.split('/')
@@ -474,7 +474,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(raw: &str) -> HashMap<String, String> {
+pub(crate) fn parse_query(raw: &str) -> HashMap<String, String> {
     raw.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
@@ -528,9 +528,9 @@ where
     let started = Instant::now();
     let template = route_template(&path);
     let method_name = method_label(&method);
-    let result = match read_body(body).await {
-        Err(e) => Err(e),
-        Ok(_) if path == "/metrics" => metrics::prometheus(&api, &method),
+    let resp = match read_body(body).await {
+        Err(e) => respond(Err(e)),
+        Ok(_) if path == "/metrics" => respond(metrics::prometheus(&api, &method)),
         Ok(body) => match split_path(&path) {
             Some(segments) => {
                 let req = Request {
@@ -540,12 +540,16 @@ where
                     headers,
                     body,
                 };
-                route(&api, req).await
+                // Logs are streamed: their handler builds the response itself.
+                if logs::handles(&req) {
+                    logs::respond(&api, &req).await
+                } else {
+                    respond(route(&api, req).await)
+                }
             }
-            None => Err(ApiError::NotFound(format!("Invalid URL path {path}"))),
+            None => respond(Err(ApiError::NotFound(format!("Invalid URL path {path}")))),
         },
     };
-    let resp = respond(result);
     api.metrics.api.observe(
         method_name,
         template,

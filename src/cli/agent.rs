@@ -8,6 +8,10 @@ use clap::Args;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
+
+/// How long a stopping agent lets open HTTP requests finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct AgentArgs {
@@ -259,25 +263,7 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
         .await
         .map_err(|e| CliError::new(1, format!("opening the store: {e}")))?;
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))
-        .await
-        .map_err(|e| {
-            CliError::new(
-                1,
-                format!("binding {}:{}: {e}", config.bind, config.http_port),
-            )
-        })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| {
-        let ip = if bound.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            bound.ip()
-        };
-        SocketAddr::new(ip, bound.port()).to_string()
-    });
+    let (listener, bound, advertise) = bind_http(&config).await?;
     let identity = Identity {
         name: config.name.clone(),
         region: config.region.clone(),
@@ -341,14 +327,16 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
-    let _ = api.await;
+    // Open requests (blocking queries, followed logs) get a moment to finish, not forever.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, api).await;
     let _ = store.close().await;
     drop(temp);
     Ok(0)
 }
 
-/// A client-only agent (`-client -servers a,b`): no store and no API of its own; it registers
-/// with the servers and runs what they place on it.
+/// A client-only agent (`-client -servers a,b`): no store; it registers with the servers and
+/// runs what they place on it, and serves the node's own HTTP API (health, task logs) on
+/// `bind:http_port`, registered as the node's `HTTPAddr` so servers forward logs requests to it.
 async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
     let data_dir = config.data_dir.clone().ok_or_else(|| {
         CliError::new(
@@ -364,8 +352,25 @@ async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
     }
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| CliError::new(1, format!("creating {}: {e}", data_dir.display())))?;
-    let client = start_client(&config, &data_dir, "").await?;
+    let (listener, bound, advertise) = bind_http(&config).await?;
+    let node_id = crate::agent::fingerprint::node_id(&data_dir)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let api = crate::agent::http::ClientApi::new(
+        data_dir.join("client").join("allocs"),
+        node_id.to_string(),
+        &config.servers,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(
+        crate::agent::http::serve(api, listener, async move {
+            let _ = stop_rx.await;
+        })
+        .instrument(tracing::info_span!("client_api", addr = %bound)),
+    );
+    let client = start_client(&config, &data_dir, &advertise).await?;
     println!("==> Caravan agent configuration:\n");
+    println!("       Advertise Addrs: HTTP: {advertise}");
+    println!("            Bind Addrs: HTTP: [{bound}]");
     println!("                Client: true (node {})", client.node_id);
     println!("               Servers: {}", config.servers.join(", "));
     println!("             Data Dir: {}", data_dir.display());
@@ -378,7 +383,37 @@ async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
     println!("\n==> Caravan agent started! Log data will stream in below:\n");
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, http).await;
     Ok(0)
+}
+
+/// Binds the HTTP API's listener (`bind:http_port`); returns it, the address it got, and the
+/// address to advertise (the `advertise { http }` setting, else the bound address, with
+/// 127.0.0.1 for an unspecified one).
+async fn bind_http(
+    config: &AgentConfig,
+) -> Result<(tokio::net::TcpListener, SocketAddr, String), CliError> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))
+        .await
+        .map_err(|e| {
+            CliError::new(
+                1,
+                format!("binding {}:{}: {e}", config.bind, config.http_port),
+            )
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let ip = if bound.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound.ip()
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    });
+    Ok((listener, bound, advertise))
 }
 
 /// Starts the client half: fingerprint, register with the servers, run allocations.

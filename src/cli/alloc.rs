@@ -67,60 +67,169 @@ pub fn run(cmd: AllocCommand) -> Result<i32, CliError> {
     }
 }
 
-/// `alloc logs`: the log as plain text, its tail, and with -f whatever comes after.
+/// `alloc logs`: the log as plain text, its tail, and with -f whatever comes after, printed as
+/// it arrives; -f ends when the task is done and all its output was printed.
 async fn logs(client: &Client, args: &AllocLogsArgs) -> Result<i32, CliError> {
     use std::io::Write;
     let id = resolve_alloc_id(client, &args.id).await?;
     let kind = if args.stderr { "stderr" } else { "stdout" };
-    let fetch = |offset: u64| {
-        let mut params = vec![
-            ("plain".to_owned(), "true".to_owned()),
-            ("type".to_owned(), kind.to_owned()),
-            ("origin".to_owned(), "start".to_owned()),
-            ("offset".to_owned(), offset.to_string()),
-        ];
+    let segments = ["client", "fs", "logs", id.as_str()];
+    let opts = |pairs: &[(&str, String)]| {
+        let mut params = vec![("type".to_owned(), kind.to_owned())];
         if let Some(task) = &args.task {
             params.push(("task".to_owned(), task.clone()));
         }
-        let opts = crate::client::QueryOptions {
+        params.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        crate::client::QueryOptions {
             params,
             ..Default::default()
-        };
-        let id = id.clone();
-        async move {
-            client
-                .get_text(&["client", "fs", "logs", &id], &opts)
-                .await
-                .map_err(err("Error reading the logs"))
         }
     };
-    let text = fetch(0).await?;
-    let mut offset = text.len() as u64;
-    let shown = if args.tail || args.lines.is_some() {
-        let n = args.lines.unwrap_or(10);
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(n);
-        let mut out = lines[start..].join("\n");
-        if !out.is_empty() && text.ends_with('\n') {
-            out.push('\n');
-        }
-        out
-    } else {
-        text
-    };
+    let failed = err("Error reading the logs");
     let mut stdout = std::io::stdout();
-    let _ = stdout.write_all(shown.as_bytes());
-    let _ = stdout.flush();
-    if !args.follow {
+    let mut print = |bytes: &[u8]| {
+        // A closed stdout (`| head`) ends the command quietly.
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .is_ok()
+    };
+    if !(args.tail || args.lines.is_some()) {
+        let query = opts(&[
+            ("plain", "true".into()),
+            ("origin", "start".into()),
+            ("follow", args.follow.to_string()),
+        ]);
+        client
+            .stream(&segments, &query, print)
+            .await
+            .map_err(failed)?;
         return Ok(0);
     }
-    // Until interrupted, as Nomad's -f.
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let more = fetch(offset).await?;
-        offset += more.len() as u64;
-        let _ = stdout.write_all(more.as_bytes());
-        let _ = stdout.flush();
+    // The last n lines: read back from the end, further until there are enough.
+    let n = args.lines.unwrap_or(10);
+    let mut want = u64::try_from(n)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(128)
+        .max(4096);
+    let text = loop {
+        let query = opts(&[
+            ("plain", "true".into()),
+            ("origin", "end".into()),
+            ("offset", want.to_string()),
+        ]);
+        let text = client.get_bytes(&segments, &query).await.map_err(&failed)?;
+        if has_lines(&text, n) || (text.len() as u64) < want || want >= MAX_TAIL_BYTES {
+            break text;
+        }
+        want = want.saturating_mul(4);
+    };
+    if !args.follow {
+        print(tail_lines(&text, n));
+        return Ok(0);
+    }
+    // Followed: one stream of frames from as far back; what comes before its first heartbeat is
+    // the backlog, of which the last n lines are printed, then everything after as it comes.
+    let query = opts(&[
+        ("origin", "end".into()),
+        ("offset", want.to_string()),
+        ("follow", "true".into()),
+    ]);
+    let mut frames = FrameReader::default();
+    let mut backlog: Option<Vec<u8>> = Some(Vec::new());
+    client
+        .stream(&segments, &query, |chunk| {
+            for frame in frames.push(chunk) {
+                match (frame, &mut backlog) {
+                    (Frame::Data(data), Some(pending)) => pending.extend_from_slice(&data),
+                    (Frame::Data(data), None) => {
+                        if !print(&data) {
+                            return false;
+                        }
+                    }
+                    (Frame::Heartbeat, Some(pending)) => {
+                        let caught_up = std::mem::take(pending);
+                        backlog = None;
+                        if !print(tail_lines(&caught_up, n)) {
+                            return false;
+                        }
+                    }
+                    (Frame::Heartbeat, None) => {}
+                }
+            }
+            true
+        })
+        .await
+        .map_err(failed)?;
+    if let Some(pending) = backlog {
+        // The log ended before the stream caught up (the task was already done).
+        print(tail_lines(&pending, n));
+    }
+    Ok(0)
+}
+
+/// -tail reads back at most this far.
+const MAX_TAIL_BYTES: u64 = 1 << 30;
+
+/// Whether `text` holds `n` whole lines after some earlier line break (so its last `n` lines
+/// are known), not counting a final newline.
+fn has_lines(text: &[u8], n: usize) -> bool {
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    body.iter().filter(|b| **b == b'\n').count() >= n
+}
+
+/// The last `n` lines of `text` (a last line without a newline counts).
+fn tail_lines(text: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    text
+}
+
+/// One frame of a JSON logs stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Data(Vec<u8>),
+    Heartbeat,
+}
+
+/// Splits a JSON logs stream (frames one a line, cut anywhere by the network) into frames.
+#[derive(Debug, Default)]
+struct FrameReader {
+    pending: Vec<u8>,
+}
+
+impl FrameReader {
+    fn push(&mut self, chunk: &[u8]) -> Vec<Frame> {
+        use base64::Engine;
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match value.get("Data").and_then(|d| d.as_str()) {
+                Some(data) => {
+                    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) {
+                        out.push(Frame::Data(bytes));
+                    }
+                }
+                None if value.get("File").is_none() => out.push(Frame::Heartbeat),
+                None => {}
+            }
+        }
+        out
     }
 }
 
@@ -492,6 +601,33 @@ mod tests {
             }),
             ..Allocation::default()
         }
+    }
+
+    #[test]
+    fn tails_are_whole_lines_from_the_end() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+        assert!(has_lines(b"x\nb\nc\n", 2));
+        assert!(
+            !has_lines(b"b\nc\n", 2),
+            "b may be the end of a longer line"
+        );
+    }
+
+    #[test]
+    fn frames_are_read_across_chunk_boundaries() {
+        let mut r = FrameReader::default();
+        assert_eq!(r.push(b"{\"Offset\":3,\"Data\":\"aGk"), vec![]);
+        assert_eq!(
+            r.push(b"K\",\"File\":\"alloc/logs/t.stdout.0\"}\n{}\n{\"Fi"),
+            vec![Frame::Data(b"hi\n".to_vec()), Frame::Heartbeat]
+        );
+        assert_eq!(
+            r.push(b"le\":\"x\",\"FileEvent\":\"file deleted\"}\n"),
+            vec![]
+        );
     }
 
     #[test]

@@ -339,6 +339,43 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// A raw read (`/v1/client/fs/logs/…?plain=true`), bytes as they are.
+    pub async fn get_bytes(
+        &self,
+        segments: &[&str],
+        opts: &QueryOptions,
+    ) -> Result<bytes::Bytes, ClientError> {
+        Ok(self.send_raw(Method::GET, segments, opts, None).await?.0)
+    }
+
+    /// A streamed read (`/v1/client/fs/logs/…?follow=true`): `sink` gets each piece of the body
+    /// as it arrives, until the server ends it or `sink` returns false. No overall timeout.
+    pub async fn stream(
+        &self,
+        segments: &[&str],
+        opts: &QueryOptions,
+        mut sink: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut resp = self.start(Method::GET, segments, opts, None, None).await?;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if !sink(&chunk) {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(ClientError::Transport {
+                        method: method_word(&Method::GET),
+                        url: self.url(segments, opts).to_string(),
+                        detail: root_cause(&e),
+                    });
+                }
+            }
+        }
+    }
+
     /// Sends a request; a non-2xx answer becomes [`ClientError::Status`] with the server's text.
     async fn send_raw(
         &self,
@@ -347,16 +384,45 @@ impl Client {
         opts: &QueryOptions,
         body: Option<Vec<u8>>,
     ) -> Result<(bytes::Bytes, QueryMeta), ClientError> {
-        let url = self.url(segments, opts);
         let timeout = match (opts.index, opts.wait) {
             (Some(_), Some(wait)) => wait + BLOCKING_SLACK,
             (Some(_), None) => Duration::from_secs(300) + BLOCKING_SLACK,
             _ => REQUEST_TIMEOUT,
         };
-        let mut req = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(timeout);
+        let word = method_word(&method);
+        let url = self.url(segments, opts);
+        let resp = self
+            .start(method, segments, opts, body, Some(timeout))
+            .await?;
+        let index = resp
+            .headers()
+            .get("X-Nomad-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+            method: word,
+            url: url.to_string(),
+            detail: root_cause(&e),
+        })?;
+        Ok((bytes, QueryMeta { last_index: index }))
+    }
+
+    /// Sends a request and returns the answer once its headers are in; a non-2xx answer becomes
+    /// [`ClientError::Status`] with the server's text.
+    async fn start(
+        &self,
+        method: Method,
+        segments: &[&str],
+        opts: &QueryOptions,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(segments, opts);
+        let mut req = self.http.request(method.clone(), url.clone());
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
+        }
         if let Some(token) = &self.config.token {
             req = req.header("X-Nomad-Token", token);
         }
@@ -382,14 +448,8 @@ impl Client {
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let index = resp
-            .headers()
-            .get("X-Nomad-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(transport)?;
             let text = String::from_utf8_lossy(&bytes).trim().to_owned();
             let body = if text.is_empty() {
                 status.canonical_reason().unwrap_or("").to_owned()
@@ -401,7 +461,7 @@ impl Client {
                 body,
             });
         }
-        Ok((bytes, QueryMeta { last_index: index }))
+        Ok(resp)
     }
 
     /// A read with options (prefix, blocking).

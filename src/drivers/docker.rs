@@ -26,7 +26,8 @@
 //! local socket), `allow_privileged`, `volumes { enabled = true }`.
 //!
 //! Logs: a spawned task follows the container's log stream (with timestamps) and appends to the
-//! task's stdout/stderr files until the container exits. It keeps a cursor (the last timestamp
+//! task's stdout/stderr files, rotated by the task's `logs` block (`stdout_path` is the prefix
+//! of `<prefix>.<n>`, see [`crate::agent::logs::RotatingWriter`]), until the container exits. It keeps a cursor (the last timestamp
 //! written and how many lines carried it) in `<task_dir>/.docker-logs.cursor`, so the stream
 //! started again by [`Driver::recover`] after an agent restart neither repeats nor drops lines.
 
@@ -34,6 +35,7 @@ use super::{
     Driver, DriverError, ExecOutput, ExecRequest, ExitResult, Fingerprint, TaskConfig, TaskHandle,
     TaskStats, TaskStatus, now_unix_ms,
 };
+use crate::agent::logs::{LogRotation, RotatingWriter};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
@@ -55,7 +57,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
@@ -164,6 +165,8 @@ struct HandleState {
     stderr_path: PathBuf,
     #[serde(default)]
     log_cursor_path: Option<PathBuf>,
+    #[serde(default)]
+    logs: LogRotation,
 }
 
 /// A task the driver is following: its exit (published by the waiter task) and its spawned tasks.
@@ -504,6 +507,7 @@ impl Driver for DockerDriver {
         let sink = LogSink::open(
             &task.stdout_path,
             &task.stderr_path,
+            task.logs,
             Some(cursor_path.clone()),
         )
         .await?;
@@ -532,6 +536,7 @@ impl Driver for DockerDriver {
             stdout_path: task.stdout_path.clone(),
             stderr_path: task.stderr_path.clone(),
             log_cursor_path: Some(cursor_path),
+            logs: task.logs,
         };
         let handle = TaskHandle {
             driver: "docker".to_string(),
@@ -653,6 +658,7 @@ impl Driver for DockerDriver {
         let sink = LogSink::open(
             &state.stdout_path,
             &state.stderr_path,
+            state.logs,
             state.log_cursor_path.clone(),
         )
         .await?;
@@ -1337,8 +1343,8 @@ fn exit_result(info: &ContainerInspectResponse, wait_code: Option<i64>) -> ExitR
 /// Where a container's output goes, and how far it got.
 #[derive(Debug)]
 struct LogSink {
-    stdout: tokio::fs::File,
-    stderr: tokio::fs::File,
+    stdout: RotatingWriter,
+    stderr: RotatingWriter,
     cursor_path: Option<PathBuf>,
     cursor: LogCursor,
     /// The cursor as of the last completed write, for [`Tracked`]'s drop to save when the
@@ -1347,28 +1353,28 @@ struct LogSink {
 }
 
 impl LogSink {
+    /// `stdout` and `stderr` are file prefixes: the files are `<prefix>.<n>`, rotated.
     async fn open(
         stdout: &Path,
         stderr: &Path,
+        rotation: LogRotation,
         cursor_path: Option<PathBuf>,
     ) -> Result<Self, DriverError> {
-        let open = |path: PathBuf| async move {
-            if path.as_os_str().is_empty() {
-                return Err(DriverError::InvalidConfig(
-                    "the task has no stdout/stderr path".to_string(),
-                ));
-            }
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(|e| DriverError::Io(format!("creating {}: {e}", parent.display())))?;
-            }
-            tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+        let open = |prefix: PathBuf| async move {
+            let (Some(dir), Some(base)) = (
+                prefix.parent().filter(|d| !d.as_os_str().is_empty()),
+                prefix.file_name().and_then(|n| n.to_str()),
+            ) else {
+                return Err(DriverError::InvalidConfig(format!(
+                    "the task's stdout/stderr path {:?} is not a file prefix",
+                    prefix.display()
+                )));
+            };
+            let (dir, base) = (dir.to_path_buf(), base.to_owned());
+            tokio::task::spawn_blocking(move || RotatingWriter::open(&dir, &base, rotation))
                 .await
-                .map_err(|e| DriverError::Io(format!("opening {}: {e}", path.display())))
+                .map_err(|e| DriverError::Other(format!("opening the log files: {e}")))?
+                .map_err(|e| DriverError::Io(e.to_string()))
         };
         let cursor = match &cursor_path {
             Some(path) => match tokio::fs::read(path).await {
@@ -1568,7 +1574,8 @@ async fn pump_logs(docker: &Docker, id: &str, sink: &mut LogSink, follow: bool) 
         } else {
             &mut sink.stdout
         };
-        if let Err(e) = file.write_all(payload).await {
+        // A small write to a local file (page cache); not worth a blocking-pool round trip.
+        if let Err(e) = file.write_all(payload) {
             tracing::warn!(error = %e, "writing the task's log file");
         }
         *sink.shared.lock().unwrap_or_else(|e| e.into_inner()) = sink.cursor.clone();
@@ -1581,11 +1588,6 @@ async fn pump_logs(docker: &Docker, id: &str, sink: &mut LogSink, follow: bool) 
     }
     if dirty {
         sink.save_cursor().await;
-    }
-    for file in [&mut sink.stdout, &mut sink.stderr] {
-        if let Err(e) = file.flush().await {
-            tracing::warn!(error = %e, "flushing the task's log file");
-        }
     }
     outcome
 }

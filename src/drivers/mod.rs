@@ -156,9 +156,14 @@ pub struct TaskConfig {
     pub alloc_dir: PathBuf,
     /// Has local/, secrets/, tmp/; the task's working directory.
     pub task_dir: PathBuf,
-    /// Files (or FIFOs) the task's output goes to, opened for append by the driver.
+    /// Where the task's output goes. For the process drivers, files or FIFOs (read by the
+    /// task's logmon) opened for append. For drivers that write their output themselves
+    /// (docker), the file prefix: they write `<prefix>.<n>` rotated by `logs`.
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// How output written by the driver itself is rotated.
+    #[serde(default)]
+    pub logs: crate::agent::logs::LogRotation,
     pub ports: Vec<PortMapping>,
 }
 
