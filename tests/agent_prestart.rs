@@ -8,76 +8,11 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write as _};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::client::Client;
+use std::io::Write as _;
+use std::time::Duration;
+use support::agent::DevAgent;
 use support::eventually;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-struct DevAgent {
-    child: Child,
-    client: Client,
-    dir: tempfile::TempDir,
-}
-
-impl DevAgent {
-    fn start() -> DevAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
-            .args(["agent", "-dev", "-http-port", "0", "-data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut addr = None;
-        loop {
-            assert!(Instant::now() < deadline, "the agent did not start");
-            let line = lines.next().expect("agent output").unwrap();
-            if line.contains("Advertise Addrs: HTTP:") {
-                addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
-            }
-            if line.contains("agent started") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let client = Client::new(&format!("http://{}", addr.expect("an address")));
-        DevAgent { child, client, dir }
-    }
-
-    async fn alloc(&self, job: &str) -> Option<Value> {
-        let resp = self.client.get(&format!("/v1/job/{job}/allocations")).await;
-        if resp.status != 200 {
-            return None;
-        }
-        resp.json().as_array().and_then(|a| a.first().cloned())
-    }
-
-    async fn wait_for_status(&self, job: &str, status: &str) -> Value {
-        eventually(
-            Duration::from_secs(30),
-            &format!("job {job}'s allocation to be {status}"),
-            || async {
-                self.alloc(job)
-                    .await
-                    .is_some_and(|a| a["ClientStatus"] == status)
-            },
-        )
-        .await;
-        self.alloc(job).await.unwrap()
-    }
-}
-
-impl Drop for DevAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Serves `files` (path → bytes) over HTTP/1.1 on 127.0.0.1; 404 for anything else.
 async fn file_server(files: Vec<(&'static str, Vec<u8>)>) -> std::net::SocketAddr {

@@ -11,32 +11,13 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::client::Client;
 use support::eventually;
 
 /// An agent process with given arguments, and the HTTP address it advertises.
 fn spawn_agent(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addr = None;
-    loop {
-        assert!(Instant::now() < deadline, "the agent did not start");
-        let line = lines.next().expect("agent output").unwrap();
-        if line.contains("Advertise Addrs: HTTP:") {
-            addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
-        }
-        if line.contains("agent started") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = support::agent::spawn_agent(args);
     (child, addr.expect("the agent prints its address"))
 }
 

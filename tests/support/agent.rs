@@ -54,6 +54,22 @@ impl DevAgent {
             .json()
     }
 
+    /// Waits until the job's first allocation has client status `status`; returns it.
+    pub async fn wait_for_status(&self, job: &str, status: &str) -> Value {
+        super::eventually(
+            Duration::from_secs(30),
+            &format!("job {job}'s allocation to be {status}"),
+            || async {
+                self.allocs(job)
+                    .await
+                    .first()
+                    .is_some_and(|a| a["ClientStatus"] == status)
+            },
+        )
+        .await;
+        self.allocs(job).await.swap_remove(0)
+    }
+
     /// Waits until the agent's node is registered and ready.
     pub async fn wait_ready(&self) {
         super::eventually(Duration::from_secs(30), "one ready node", || async {
