@@ -325,11 +325,13 @@ async fn a_restarted_agent_replaces_a_logmon_that_died_meanwhile() {
     let before = std::fs::read_to_string(&stdout_0).unwrap().lines().count();
 
     let (_second, client) = dev_agent(&data);
-    eventually(Duration::from_secs(20), "a new logmon", || async {
-        logmons_of(&id).len() == 1
-    })
+    // The new logmon runs before the agent records it: wait for both.
+    eventually(
+        Duration::from_secs(20),
+        "a new logmon, recorded",
+        || async { logmons_of(&id).len() == 1 && logmon_pid(&task_dir).is_some_and(|p| p != old) },
+    )
     .await;
-    assert_ne!(logmon_pid(&task_dir), Some(old));
     eventually(Duration::from_secs(10), "output captured again", || async {
         std::fs::read_to_string(&stdout_0).unwrap().lines().count() > before + 20
     })
