@@ -320,33 +320,18 @@ pub struct SpawnSpec {
 pub async fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
     let stdout = open_output(&spec.stdout).await?;
     let stderr = open_output(&spec.stderr).await?;
-    let mut cgroup_fds = Vec::with_capacity(spec.isolation.cgroup_procs.len());
-    for procs in &spec.isolation.cgroup_procs {
-        let fd: OwnedFd = std::fs::OpenOptions::new()
-            .write(true)
-            .open(procs)
-            .map_err(|e| DriverError::Start(format!("opening {}: {e}", procs.display())))?
-            .into();
-        cgroup_fds.push(fd);
-    }
-
-    let mut cmd = tokio::process::Command::new(&spec.program);
+    let mut cmd = command(
+        &spec.program,
+        &spec.args,
+        &spec.env,
+        &spec.cwd,
+        &spec.isolation,
+        (stdout.into(), stderr.into()),
+    )?;
     if let Some(arg0) = &spec.arg0 {
         cmd.arg0(arg0);
     }
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(false);
-    if !spec.env.contains_key("PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
-    let creds = spec.isolation.credentials.clone();
-    install_pre_exec(&mut cmd, cgroup_fds, spec.isolation.mount_namespace, creds);
+    cmd.kill_on_drop(false);
 
     let child = cmd.spawn().map_err(|e| {
         let what = match &spec.isolation.credentials {
@@ -368,6 +353,46 @@ pub async fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
         .map(|s| s.start_ticks)
         .ok_or_else(|| DriverError::Start(format!("/proc/{pid}/stat unreadable")))?;
     Ok(Process::supervise_child(child, pid, start_ticks))
+}
+
+/// A command with the environment cleared and set to `env` (PATH defaulted), `cwd` as working
+/// directory, no stdin, the given outputs, and `isolation` applied in the child before `execve`
+/// (joining cgroups, a private mount namespace, dropping to another user).
+fn command(
+    program: &Path,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &Path,
+    isolation: &Isolation,
+    (stdout, stderr): (std::process::Stdio, std::process::Stdio),
+) -> Result<tokio::process::Command, DriverError> {
+    let mut cgroup_fds = Vec::with_capacity(isolation.cgroup_procs.len());
+    for procs in &isolation.cgroup_procs {
+        let fd: OwnedFd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(|e| DriverError::Start(format!("opening {}: {e}", procs.display())))?
+            .into();
+        cgroup_fds.push(fd);
+    }
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    if !env.contains_key("PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    install_pre_exec(
+        &mut cmd,
+        cgroup_fds,
+        isolation.mount_namespace,
+        isolation.credentials.clone(),
+    );
+    Ok(cmd)
 }
 
 /// A short command to run to completion beside a task (a script check), its output captured.
@@ -392,33 +417,15 @@ pub async fn run_captured(spec: CapturedSpec) -> Result<super::ExecOutput, Drive
     let stderr = writer
         .try_clone()
         .map_err(|e| DriverError::Start(format!("duplicating the output pipe: {e}")))?;
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        .kill_on_drop(true);
-    if !spec.env.contains_key("PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
-    let mut cgroup_fds = Vec::with_capacity(spec.isolation.cgroup_procs.len());
-    for procs in &spec.isolation.cgroup_procs {
-        let fd: OwnedFd = std::fs::OpenOptions::new()
-            .write(true)
-            .open(procs)
-            .map_err(|e| DriverError::Start(format!("opening {}: {e}", procs.display())))?
-            .into();
-        cgroup_fds.push(fd);
-    }
-    install_pre_exec(
-        &mut cmd,
-        cgroup_fds,
-        spec.isolation.mount_namespace,
-        spec.isolation.credentials.clone(),
-    );
+    let mut cmd = command(
+        &spec.program,
+        &spec.args,
+        &spec.env,
+        &spec.cwd,
+        &spec.isolation,
+        (writer.into(), stderr.into()),
+    )?;
+    cmd.kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         DriverError::Start(format!(
             "starting {} in {}: {e}",
