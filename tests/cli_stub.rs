@@ -70,7 +70,10 @@ To submit the job with version verification run:
 
 caravan job run -check-index 42 {file}
 
-When running the job with the check-index flag, the job will only be run if the job modify index given matches the server-side version. If the index has changed, another user has modified the job and the plan's results are potentially invalid.
+When running the job with the check-index flag, the job will only be run if the
+job modify index given matches the server-side version. If the index has
+changed, another user has modified the job and the plan's results are
+potentially invalid.
 "
     );
     assert_eq!(stdout(&out), expected);

@@ -428,18 +428,17 @@ fn task_resources(a: &Allocation, task: &str) -> String {
             .and_then(|g| g.ephemeral_disk.as_ref())
             .map_or(0, |d| i64::from(d.size_mb))
     });
+    // The task's own networks (the older task-level `network` block); the group's ports are
+    // under "Allocation Addresses", as Nomad shows them.
     let mut addrs: Vec<String> = Vec::new();
     if let Some(r) = allocated {
-        for p in &r.shared.ports {
-            addrs.push(format!("{}: {}:{}", p.label, p.host_ip, p.value));
-        }
         let task_networks = r
             .tasks
             .get(task)
             .map(|t| t.networks.as_slice())
             .unwrap_or(&[]);
-        for n in r.shared.networks.iter().chain(task_networks) {
-            for p in n.reserved_ports.iter().chain(&n.dynamic_ports) {
+        for n in task_networks {
+            for p in n.dynamic_ports.iter().chain(&n.reserved_ports) {
                 let addr = format!("{}: {}:{}", p.label, n.ip, p.value);
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
@@ -474,6 +473,53 @@ fn task_resources(a: &Allocation, task: &str) -> String {
     format!("Task Resources:\n{text}")
 }
 
+/// `Allocation Addresses:` (Nomad's `formatAllocNetworkInfo`): every port of the group's
+/// network (`*label` when taken from the allocation's port mappings), whether the scheduler
+/// picked it (Nomad prints `yes` even for static ports; here they read `no`), its host address
+/// and `-> to`, the port inside the task, when one is set. `None` when the group has no ports.
+fn network_info(a: &Allocation) -> Option<String> {
+    let shared = &a.allocated_resources.as_ref()?.shared;
+    let network = shared.networks.first();
+    let row = |label: String, port: &str, ip: &str, value: i32, to: i32| {
+        let is_static = network.is_some_and(|n| n.reserved_ports.iter().any(|p| p.label == port));
+        let address = if to > 0 {
+            format!("{ip}:{value} -> {to}")
+        } else {
+            format!("{ip}:{value}")
+        };
+        vec![
+            label,
+            if is_static { "no" } else { "yes" }.to_owned(),
+            address,
+        ]
+    };
+    let rows: Vec<Vec<String>> = if shared.ports.is_empty() {
+        let n = network?;
+        n.dynamic_ports
+            .iter()
+            .chain(&n.reserved_ports)
+            .map(|p| row(p.label.clone(), &p.label, &n.ip, p.value, p.to))
+            .collect()
+    } else {
+        shared
+            .ports
+            .iter()
+            .map(|p| row(format!("*{}", p.label), &p.label, &p.host_ip, p.value, p.to))
+            .collect()
+    };
+    if rows.is_empty() {
+        return None;
+    }
+    let mode = network
+        .filter(|n| !n.mode.is_empty())
+        .map(|n| format!(" (mode = {:?})", n.mode))
+        .unwrap_or_default();
+    Some(format!(
+        "Allocation Addresses{mode}:\n{}",
+        table(&["Label", "Dynamic", "Address"], &rows)
+    ))
+}
+
 /// `Task Events:` and `Recent Events:` (newest first).
 fn task_events(state: &TaskState) -> String {
     let basic = kv(&[
@@ -504,6 +550,10 @@ fn task_events(state: &TaskState) -> String {
 /// `alloc status <id>` as text.
 pub fn alloc_status_text(a: &Allocation, verbose: bool, now: i64) -> String {
     let mut out = basic_info(a, verbose, now);
+    if let Some(addresses) = network_info(a) {
+        out.push_str("\n\n");
+        out.push_str(&addresses);
+    }
     if verbose && let Some(m) = &a.metrics {
         let metrics = kv(&[
             ("Evaluated Nodes", m.nodes_evaluated.to_string()),
@@ -538,7 +588,7 @@ mod tests {
     use caravan_schemas::alloc::{ClientStatus, TaskEvent, TaskStatus};
     use caravan_schemas::resources::{
         AllocatedCpuResources, AllocatedMemoryResources, AllocatedPortMapping, AllocatedResources,
-        AllocatedSharedResources, AllocatedTaskResources,
+        AllocatedSharedResources, AllocatedTaskResources, NetworkResource, Port,
     };
     use caravan_schemas::time::Timestamp;
     use std::collections::BTreeMap;
@@ -588,6 +638,17 @@ mod tests {
                 )]),
                 shared: AllocatedSharedResources {
                     disk_mb: 300,
+                    networks: vec![NetworkResource {
+                        mode: "host".into(),
+                        ip: "127.0.0.1".into(),
+                        dynamic_ports: vec![Port {
+                            label: "db".into(),
+                            value: 23456,
+                            to: 6379,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
                     ports: vec![AllocatedPortMapping {
                         label: "db".into(),
                         value: 23456,
@@ -595,7 +656,6 @@ mod tests {
                         host_ip: "127.0.0.1".into(),
                         ..Default::default()
                     }],
-                    ..Default::default()
                 },
                 ..Default::default()
             }),
@@ -647,10 +707,14 @@ Desired Description = <none>
 Created             = 5m28s ago
 Modified            = 5m12s ago
 
+Allocation Addresses (mode = \"host\"):
+Label  Dynamic  Address
+*db    yes      127.0.0.1:23456 -> 6379
+
 Task \"redis\" is \"running\"
 Task Resources:
 CPU      Memory   Disk     Addresses
-500 MHz  256 MiB  300 MiB  db: 127.0.0.1:23456
+500 MHz  256 MiB  300 MiB  <none>
 
 Task Events:
 Started At     = 2024-05-01T11:59:02Z
@@ -671,12 +735,34 @@ Time                  Type        Description
         let mut a = alloc();
         a.deployment_id = "d0d0d0d0-1".into();
         if let Some(r) = a.allocated_resources.as_mut() {
+            r.shared.networks[0].reserved_ports.push(Port {
+                label: "http".into(),
+                value: 8080,
+                ..Default::default()
+            });
             r.shared.ports.push(AllocatedPortMapping {
                 label: "http".into(),
                 value: 8080,
                 host_ip: "127.0.0.1".into(),
                 ..Default::default()
             });
+            // The older task-level network block shows under the task's resources.
+            if let Some(t) = r.tasks.get_mut("redis") {
+                t.networks.push(NetworkResource {
+                    ip: "10.0.0.5".into(),
+                    dynamic_ports: vec![Port {
+                        label: "a".into(),
+                        value: 21000,
+                        ..Default::default()
+                    }],
+                    reserved_ports: vec![Port {
+                        label: "b".into(),
+                        value: 22000,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+            }
         }
         let text = alloc_status_text(&a, false, NOW);
         assert!(
@@ -684,7 +770,15 @@ Time                  Type        Description
             "{text}"
         );
         assert!(
-            text.contains("500 MHz  256 MiB  300 MiB  db: 127.0.0.1:23456\n                           http: 127.0.0.1:8080\n"),
+            text.contains(
+                "Allocation Addresses (mode = \"host\"):\nLabel  Dynamic  Address\n\
+                 *db    yes      127.0.0.1:23456 -> 6379\n\
+                 *http  no       127.0.0.1:8080\n\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("500 MHz  256 MiB  300 MiB  a: 10.0.0.5:21000\n                           b: 10.0.0.5:22000\n"),
             "{text}"
         );
     }
@@ -720,7 +814,7 @@ Time                  Type        Description
             ),
         ]);
         let text = alloc_status_text(&a, false, NOW);
-        let expected = "Modified            = 5m12s ago
+        let expected = "*db    yes      127.0.0.1:23456 -> 6379
 
 Nomad Service Checks:
 Service      Task     Name   Mode         Status   Output
@@ -730,5 +824,24 @@ redis-cache  redis    ping   healthiness  failure  redis-cli: connection refused
 Task \"redis\" is \"running\"";
         assert!(text.contains(expected), "{text}");
         assert!(!alloc_status_text(&alloc(), false, NOW).contains("Checks"));
+    }
+
+    #[test]
+    fn no_addresses_section_without_ports_and_the_network_when_unmapped() {
+        let mut a = alloc();
+        if let Some(r) = a.allocated_resources.as_mut() {
+            r.shared.ports.clear();
+        }
+        // Without port mappings the group network's own ports are listed, unstarred.
+        let text = alloc_status_text(&a, false, NOW);
+        assert!(
+            text.contains("Label  Dynamic  Address\ndb     yes      127.0.0.1:23456 -> 6379\n"),
+            "{text}"
+        );
+        if let Some(r) = a.allocated_resources.as_mut() {
+            r.shared.networks.clear();
+        }
+        let text = alloc_status_text(&a, false, NOW);
+        assert!(!text.contains("Allocation Addresses"), "{text}");
     }
 }

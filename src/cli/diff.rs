@@ -248,9 +248,10 @@ pub fn plan_text(
          \n\
          caravan job run -check-index {n} {file}\n\
          \n\
-         When running the job with the check-index flag, the job will only be run if the job \
-         modify index given matches the server-side version. If the index has changed, another \
-         user has modified the job and the plan's results are potentially invalid.",
+         When running the job with the check-index flag, the job will only be run if the\n\
+         job modify index given matches the server-side version. If the index has\n\
+         changed, another user has modified the job and the plan's results are\n\
+         potentially invalid.",
         n = resp.job_modify_index
     ));
     out
@@ -369,7 +370,10 @@ To submit the job with version verification run:
 
 caravan job run -check-index 17 example.nomad.hcl
 
-When running the job with the check-index flag, the job will only be run if the job modify index given matches the server-side version. If the index has changed, another user has modified the job and the plan's results are potentially invalid.";
+When running the job with the check-index flag, the job will only be run if the
+job modify index given matches the server-side version. If the index has
+changed, another user has modified the job and the plan's results are
+potentially invalid.";
         assert_eq!(text, expected);
 
         let ok = JobPlanResponse::default();

@@ -129,10 +129,14 @@ pub fn main() -> i32 {
     }
 }
 
+/// Messages Nomad prints as they are: its `Error …: …` ones, and the refusal of a stale
+/// `-check-index` (`Enforcing job modify index 5: …` then `Job not updated`).
+const VERBATIM_PREFIXES: &[&str] = &["Error", "Enforcing job modify index"];
+
 /// How an error is printed: as is when it already reads like one of Nomad's
 /// (`Error querying job: …`), else after `Error: `.
 pub fn error_text(e: &CliError) -> String {
-    if e.message.starts_with("Error") {
+    if VERBATIM_PREFIXES.iter().any(|p| e.message.starts_with(p)) {
         e.message.clone()
     } else {
         format!("Error: {}", e.message)
@@ -209,6 +213,8 @@ mod tests {
             error_text(&CliError::new(1, "No job(s)")),
             "Error: No job(s)"
         );
+        let stale = "Enforcing job modify index 5: job exists with conflicting job modify index: 7\nJob not updated";
+        assert_eq!(error_text(&CliError::new(1, stale)), stale);
     }
 
     #[test]

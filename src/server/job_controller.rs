@@ -47,12 +47,7 @@ pub fn start(server: Arc<Server>, leading: watch::Receiver<bool>) -> Arc<JobCont
         scheduler: Mutex::new(build_scheduler(&server)),
         server,
         queue: WorkQueue::new(),
-        // Random per process, as Nomad picks dynamic ports at random: two agents on one host
-        // (or one restarted) do not hand out the same ports in the same order.
-        seed: AtomicU64::new(std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            std::process::id(),
-        )),
+        seed: AtomicU64::new(random_seed()),
     });
     spawn_feeders(&controller, leading.clone());
     let metrics = Arc::clone(&controller.server.metrics);
@@ -322,6 +317,22 @@ fn wake(at: Option<i64>, now: i64) -> Next {
         ),
         None => Next::Idle,
     }
+}
+
+/// A different seed in every process, so servers do not all pick the same dynamic ports in the
+/// same order (two agents on one machine, or a container left by an earlier run, would collide
+/// on every first port: "Bind for …:27248 failed: port is already allocated"). Nomad's ports are
+/// random too.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn next_seed(seed: &AtomicU64) -> u64 {
