@@ -4,7 +4,7 @@
 //! - `all_running_s`: seconds from the register request to every allocation of the job
 //!   reported `running` through the HTTP API (followed with blocking queries);
 //! - `rss_per_alloc_kb`: (the agent's RSS plus the RSS of every process the agent spawned that
-//!   is not a task — none today; Nomad has an executor and a logmon per task — once all run,
+//!   is not a task — one logmon per task; Nomad has an executor and a logmon — once all run,
 //!   minus the agent's RSS just before the register) / N. RSS is `VmRSS` from `/proc`.
 //!
 //! Between runs the job is stopped and the run waits until all its allocations are complete.
@@ -77,6 +77,9 @@ struct Proc {
     ppid: u32,
     sid: u32,
     rss_kb: u64,
+    /// Proportional set size: shared pages (the caravan binary every logmon maps) divided
+    /// among the processes that share them.
+    pss_kb: u64,
     cmdline: String,
 }
 
@@ -95,6 +98,15 @@ fn read_proc(pid: u32) -> Option<Proc> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let pss_kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default();
@@ -103,6 +115,7 @@ fn read_proc(pid: u32) -> Option<Proc> {
         ppid,
         sid,
         rss_kb,
+        pss_kb,
         cmdline,
     })
 }
@@ -120,6 +133,7 @@ fn all_procs() -> Vec<Proc> {
 /// tasks (with their RSS).
 struct Memory {
     agent_kb: u64,
+    agent_pss_kb: u64,
     bookkeeping: Vec<Proc>,
     tasks: usize,
 }
@@ -128,14 +142,18 @@ impl Memory {
     fn total_kb(&self) -> u64 {
         self.agent_kb + self.bookkeeping.iter().map(|p| p.rss_kb).sum::<u64>()
     }
+
+    fn total_pss_kb(&self) -> u64 {
+        self.agent_pss_kb + self.bookkeeping.iter().map(|p| p.pss_kb).sum::<u64>()
+    }
 }
 
 fn measure(agent: u32, marker: &str) -> Memory {
     let procs = all_procs();
-    let agent_kb = procs
+    let (agent_kb, agent_pss_kb) = procs
         .iter()
         .find(|p| p.pid == agent)
-        .map(|p| p.rss_kb)
+        .map(|p| (p.rss_kb, p.pss_kb))
         .expect("the agent process is alive");
     let mut children: HashMap<u32, Vec<&Proc>> = HashMap::new();
     for p in &procs {
@@ -159,6 +177,7 @@ fn measure(agent: u32, marker: &str) -> Memory {
         .partition(|p| task_sessions.contains(&p.sid));
     Memory {
         agent_kb,
+        agent_pss_kb,
         bookkeeping: bookkeeping.into_iter().cloned().collect(),
         tasks: tasks.len(),
     }
@@ -432,7 +451,13 @@ async fn run(args: Args) {
             after.bookkeeping.iter().map(|p| p.rss_kb).sum::<u64>(),
             after.tasks
         );
-        for p in &after.bookkeeping {
+        let pss_per_alloc = after.total_pss_kb().saturating_sub(before.agent_pss_kb)
+            / u64::try_from(n).unwrap_or(1);
+        eprintln!(
+            "    N={n}: pss_per_alloc_kb={pss_per_alloc} (shared pages of the binary divided \
+             among the processes mapping it; VmRSS counts them in every logmon)"
+        );
+        for p in after.bookkeeping.iter().take(3) {
             eprintln!(
                 "      bookkeeping pid {} {} kB: {}",
                 p.pid, p.rss_kb, p.cmdline
