@@ -4,6 +4,9 @@
 //! Use from a test crate with `mod cli_support;`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../support/mod.rs"]
+pub mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -90,6 +93,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Tasks (and containers) outlive their agent by design; a test's must not.
+        support::agent::reap_tasks(&self.dir.path().join("data"));
     }
 }
 

@@ -108,6 +108,23 @@ pub fn reap_tasks(data_dir: &std::path::Path) {
         return;
     };
     for alloc in allocs.flatten() {
+        // Containers by label: one the agent was still creating when it died has no handle.
+        let label = format!(
+            "label=com.caravan.alloc_id={}",
+            alloc.file_name().to_string_lossy()
+        );
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let Ok(tasks) = std::fs::read_dir(alloc.path()) else {
             continue;
         };
