@@ -198,3 +198,55 @@ async fn stopping_waits_the_kill_timeout_for_a_task_that_ignores_its_signal() {
         "the kill signal reached the task first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_proceeds_as_new_allocations_turn_healthy() {
+    let agent = DevAgent::start();
+    agent.wait_ready().await;
+    let job = |version: &str| {
+        let mut task = sh("t", "echo $VERSION; exec sleep 3600");
+        task["Env"] = json!({ "VERSION": version });
+        json!({"Job": {"ID": "rolling", "Type": "service", "TaskGroups": [group(
+            "g",
+            json!([task]),
+            json!({
+                "Count": 3,
+                "Update": {"MaxParallel": 1, "HealthCheck": "task_states",
+                           "MinHealthyTime": SECOND / 5, "HealthyDeadline": 30 * SECOND,
+                           "ProgressDeadline": 60 * SECOND},
+            }),
+        )]}})
+    };
+    agent.client.post("/v1/jobs", &job("v1")).await.expect(200);
+    eventually(
+        Duration::from_secs(30),
+        "three healthy allocations",
+        || async {
+            let allocs = agent.allocs("rolling").await;
+            allocs.len() == 3
+                && allocs.iter().all(|a| {
+                    a["DeploymentStatus"]["Healthy"] == true && a["ClientStatus"] == "running"
+                })
+        },
+    )
+    .await;
+
+    // A destructive change: replaced one at a time, each after the previous one turned healthy.
+    agent.client.post("/v1/jobs", &job("v2")).await.expect(200);
+    eventually(
+        Duration::from_secs(60),
+        "three healthy allocations of version 1, the old three stopped",
+        || async {
+            let allocs = agent.allocs("rolling").await;
+            let new: Vec<&Value> = allocs.iter().filter(|a| a["JobVersion"] == 1).collect();
+            let old_stopped = allocs
+                .iter()
+                .filter(|a| a["JobVersion"] == 0)
+                .all(|a| a["DesiredStatus"] == "stop");
+            new.len() == 3
+                && old_stopped
+                && new.iter().all(|a| a["DeploymentStatus"]["Healthy"] == true)
+        },
+    )
+    .await;
+}

@@ -236,8 +236,14 @@ impl Allocation {
     /// `Some(false)` when any healthiness check fails or is still pending. Readiness checks
     /// (`on_update = "ignore"`) do not count, as in Nomad's deployments.
     pub fn checks_healthy(&self) -> Option<bool> {
-        let mut health = self
-            .check_results
+        checks_healthy(&self.check_results)
+    }
+}
+
+/// Whether every healthiness check in `results` passes; `None` when there are none.
+pub fn checks_healthy(results: &BTreeMap<CheckId, CheckQueryResult>) -> Option<bool> {
+    {
+        let mut health = results
             .values()
             .filter(|r| r.mode == CheckMode::Healthiness)
             .map(|r| r.status == CheckStatus::Success)

@@ -272,6 +272,10 @@ async fn report(servers: Arc<Servers>, mut rx: mpsc::UnboundedReceiver<AllocRepo
                     "ClientDescription": r.client_description,
                     "TaskStates": r.task_states,
                     "CheckResults": r.check_results,
+                    "DeploymentStatus": r.deployment_health.map(|h| json!({
+                        "Healthy": h,
+                        "Timestamp": caravan_schemas::time::Timestamp::now(),
+                    })),
                 })
             })
             .collect();

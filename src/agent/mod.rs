@@ -5,6 +5,7 @@ pub mod checks;
 pub mod client;
 pub mod env;
 pub mod fingerprint;
+pub mod health;
 pub mod http;
 pub mod logs;
 pub mod runner;

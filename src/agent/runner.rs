@@ -9,7 +9,7 @@
 
 use super::checks::{self, TaskLink};
 use super::env::{self, TaskDirs};
-use super::{artifact, logs, template};
+use super::{artifact, health, logs, template};
 use crate::drivers::{Driver, ExitResult, TaskConfig, TaskHandle, TaskResources};
 use caravan_schemas::alloc::{
     Allocation, CheckQueryResult, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
@@ -38,6 +38,8 @@ pub struct AllocReport {
     pub task_states: BTreeMap<String, TaskState>,
     /// The latest result of each service check.
     pub check_results: BTreeMap<CheckId, CheckQueryResult>,
+    /// The allocation's health once decided ([`super::health`]).
+    pub deployment_health: Option<bool>,
 }
 
 /// What every runner shares.
@@ -150,9 +152,13 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 .collect(),
         ));
     let check_results = checks::Results::seeded(&alloc.check_results);
+    let health: Arc<std::sync::Mutex<Option<bool>>> = Arc::new(std::sync::Mutex::new(
+        alloc.deployment_status.as_ref().and_then(|d| d.healthy),
+    ));
     let report = {
         let (ctx, states, id) = (Arc::clone(&ctx), Arc::clone(&states), alloc.id.to_string());
         let check_results = check_results.clone();
+        let health = Arc::clone(&health);
         move || {
             let states = states.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let (client_status, description) = client_status(&states);
@@ -162,6 +168,7 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 client_description: description.to_owned(),
                 task_states: states,
                 check_results: check_results.snapshot(),
+                deployment_health: *health.lock().unwrap_or_else(|p| p.into_inner()),
             });
         }
     };
@@ -190,6 +197,37 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
             changed.send_modify(|n| *n = n.wrapping_add(1));
         })
     };
+    // Service groups with an update block: decide the allocation's health for rollouts.
+    let rule = health::Rule::of(&group).filter(|_| job.r#type == JobType::Service);
+    let undecided = health.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+    if let (Some(rule), true) = (rule, undecided) {
+        let (states, results, group, report) = (
+            Arc::clone(&states),
+            check_results.clone(),
+            group.clone(),
+            Arc::clone(&report),
+        );
+        let look = move || {
+            let states = states.lock().unwrap_or_else(|p| p.into_inner());
+            health::look(
+                &group,
+                &states,
+                caravan_schemas::alloc::checks_healthy(&results.snapshot()),
+                &rule,
+            )
+        };
+        let (changed, stop, health) = (changed.subscribe(), stop.clone(), Arc::clone(&health));
+        tokio::spawn(
+            async move {
+                if let Some(verdict) = health::track(rule, look, changed, stop).await {
+                    tracing::info!(healthy = verdict, "allocation health decided");
+                    *health.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+                    report();
+                }
+            }
+            .instrument(tracing::info_span!("alloc_health")),
+        );
+    }
     let mut group_run = GroupRun {
         tasks: BTreeMap::new(),
         states: Arc::clone(&states),
@@ -227,7 +265,7 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
 
 /// Where a task sits in its group's lifecycle (the `lifecycle` block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// Runs to completion before the main tasks start.
     Prestart,
     /// Starts before the main tasks and runs beside them.
@@ -242,7 +280,7 @@ enum Phase {
 }
 
 impl Phase {
-    fn of(task: &Task) -> Phase {
+    pub(super) fn of(task: &Task) -> Phase {
         match &task.lifecycle {
             None => Phase::Main,
             Some(l) => match (l.hook.as_str(), l.sidecar) {

@@ -149,10 +149,14 @@ fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
                 }
                 (None, None) => {}
             }
-            // A job cares when an allocation appears, goes, or changes status.
+            // A job cares when an allocation appears, goes, changes status, or turns healthy
+            // or unhealthy (rolling updates are paced on health).
             let relevant = match (&ch.new, &ch.old) {
                 (Some(n), Some(o)) => {
-                    n.client_status != o.client_status || n.desired_status != o.desired_status
+                    n.client_status != o.client_status
+                        || n.desired_status != o.desired_status
+                        || n.deployment_status.as_ref().and_then(|d| d.healthy)
+                            != o.deployment_status.as_ref().and_then(|d| d.healthy)
                 }
                 _ => true,
             };
