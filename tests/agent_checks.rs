@@ -250,18 +250,7 @@ async fn check_restart_restarts_the_task_until_its_policy_fails_it() {
         .post("/v1/jobs", &job("flappy", task, checks, 1))
         .await
         .expect(200);
-    eventually(
-        Duration::from_secs(40),
-        "the task is restarted once, then fails",
-        || async {
-            agent
-                .allocs("flappy")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "failed")
-        },
-    )
-    .await;
+    agent.wait_for_status("flappy", "failed").await;
     let state = agent.allocs("flappy").await[0]["TaskStates"]["t"].clone();
     assert_eq!(state["Restarts"], 1, "{state}");
     assert_eq!(state["Failed"], true);
@@ -331,16 +320,5 @@ async fn a_docker_script_check_runs_inside_the_container() {
         "a warning counts as a failure"
     );
     agent.client.delete("/v1/job/boxed").await.expect(200);
-    eventually(
-        Duration::from_secs(30),
-        "the container is stopped",
-        || async {
-            agent
-                .allocs("boxed")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "complete")
-        },
-    )
-    .await;
+    agent.wait_for_status("boxed", "complete").await;
 }

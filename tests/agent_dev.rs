@@ -61,18 +61,7 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
         )
         .await
         .expect(200);
-    eventually(
-        Duration::from_secs(20),
-        "the batch allocation completes",
-        || async {
-            agent
-                .allocs("once")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "complete")
-        },
-    )
-    .await;
+    agent.wait_for_status("once", "complete").await;
     let alloc = &agent.allocs("once").await[0];
     let state = &alloc["TaskStates"]["t"];
     assert_eq!(state["Restarts"], 0, "{state}");
@@ -102,18 +91,7 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
         .post("/v1/jobs", &job("flaky", "batch", "exit 3", 2))
         .await
         .expect(200);
-    eventually(
-        Duration::from_secs(20),
-        "the failing allocation fails",
-        || async {
-            agent
-                .allocs("flaky")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "failed")
-        },
-    )
-    .await;
+    agent.wait_for_status("flaky", "failed").await;
     let state = agent.allocs("flaky").await[0]["TaskStates"]["t"].clone();
     assert_eq!(state["Restarts"], 2, "{state}");
     assert_eq!(state["Failed"], true);
@@ -130,18 +108,7 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
         )
         .await
         .expect(200);
-    eventually(
-        Duration::from_secs(20),
-        "the service is running",
-        || async {
-            agent
-                .allocs("svc")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "running")
-        },
-    )
-    .await;
+    agent.wait_for_status("svc", "running").await;
     eventually(Duration::from_secs(5), "its process exists", || async {
         pids_of(&marker) >= 1
     })
@@ -153,18 +120,7 @@ async fn the_dev_agent_runs_raw_exec_tasks() {
         || async { pids_of(&marker) == 0 },
     )
     .await;
-    eventually(
-        Duration::from_secs(10),
-        "the allocation is complete",
-        || async {
-            agent
-                .allocs("svc")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "complete")
-        },
-    )
-    .await;
+    agent.wait_for_status("svc", "complete").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,14 +278,7 @@ async fn alloc_logs_prints_and_follows_a_tasks_output() {
         .post("/v1/jobs", &job("talker", "service", script, 0))
         .await
         .expect(200);
-    eventually(Duration::from_secs(20), "the task is running", || async {
-        agent
-            .allocs("talker")
-            .await
-            .first()
-            .is_some_and(|a| a["ClientStatus"] == "running")
-    })
-    .await;
+    agent.wait_for_status("talker", "running").await;
     let alloc = agent.allocs("talker").await[0]["ID"]
         .as_str()
         .unwrap()

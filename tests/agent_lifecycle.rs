@@ -40,16 +40,7 @@ fn job(id: &str, kind: &str, tasks: Vec<Value>) -> Value {
 }
 
 async fn only_alloc(agent: &DevAgent, job: &str, status: &str) -> Value {
-    let what = format!("job {job}'s allocation to be {status}");
-    eventually(Duration::from_secs(30), &what, || async {
-        agent
-            .allocs(job)
-            .await
-            .first()
-            .is_some_and(|a| a["ClientStatus"] == status)
-    })
-    .await;
-    let id = agent.allocs(job).await[0]["ID"]
+    let id = agent.wait_for_status(job, status).await["ID"]
         .as_str()
         .unwrap()
         .to_owned();

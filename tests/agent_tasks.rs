@@ -62,18 +62,7 @@ async fn a_service_answers_on_the_address_the_api_reports() {
         json!({"Networks": [{"DynamicPorts": [{"Label": "http"}]}]}),
     )]}});
     agent.client.post("/v1/jobs", &job).await.expect(200);
-    eventually(
-        Duration::from_secs(30),
-        "the web allocation runs",
-        || async {
-            agent
-                .allocs("web")
-                .await
-                .first()
-                .is_some_and(|a| a["ClientStatus"] == "running")
-        },
-    )
-    .await;
+    agent.wait_for_status("web", "running").await;
     let id = agent.allocs("web").await[0]["ID"]
         .as_str()
         .unwrap()
@@ -154,14 +143,7 @@ async fn stopping_waits_the_kill_timeout_for_a_task_that_ignores_its_signal() {
     let job = json!({"Job": {"ID": "stubborn", "Type": "service",
                              "TaskGroups": [group("g", json!([task]), json!({}))]}});
     agent.client.post("/v1/jobs", &job).await.expect(200);
-    eventually(Duration::from_secs(30), "the task runs", || async {
-        agent
-            .allocs("stubborn")
-            .await
-            .first()
-            .is_some_and(|a| a["ClientStatus"] == "running")
-    })
-    .await;
+    agent.wait_for_status("stubborn", "running").await;
     let id = agent.allocs("stubborn").await[0]["ID"]
         .as_str()
         .unwrap()
