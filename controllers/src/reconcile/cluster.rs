@@ -10,7 +10,7 @@
 use super::reschedule::{self, Decision, last_reschedule_failed};
 use super::{
     Ctx, DesiredUpdates, DestructiveUpdate, Disconnect, Place, PlaceReason, Plan, RescheduleLater,
-    descriptions, disconnect_expiry, disconnect_window, is_live, rollout, stop, stop_live,
+    deploy, descriptions, disconnect_expiry, disconnect_window, is_live, rollout, stop, stop_live,
 };
 use caravan_schemas::alloc::{Allocation, ClientStatus, DesiredStatus};
 use caravan_schemas::job::{JobType, TaskGroup};
@@ -79,6 +79,17 @@ enum Kind {
     Lost,
 }
 
+/// What a new job version does to an allocation that keeps its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Update {
+    /// Already current, or finished: left alone.
+    Keep,
+    /// Moved to the new version where it runs.
+    InPlace,
+    /// Replaced by an allocation of the new version.
+    Destructive,
+}
+
 enum Class {
     /// Stopped, replaced, or a finished service allocation: not counted, left alone.
     History,
@@ -109,9 +120,30 @@ impl<'a> Group<'a, '_> {
 
     fn run(&self, plan: &mut Plan) {
         let tg = self.tg;
+        let ctx = self.ctx;
+        let deploy = &ctx.deploy;
+        let existing = deploy.group(&tg.name);
+        let canarying_before = existing.is_some_and(|s| s.desired_canaries > 0 && !s.promoted);
         let mut ann = DesiredUpdates::default();
+        let mut stopping: BTreeSet<&AllocId> = BTreeSet::new();
         let mut claims = Vec::new();
+        let mut canaries = Vec::new();
         for &alloc in self.allocs {
+            if deploy.unneeded_canary(alloc) {
+                plan.stop.push(stop(alloc, descriptions::NOT_NEEDED, None));
+                ann.stop += 1;
+                stopping.insert(&alloc.id);
+                continue;
+            }
+            // Canaries awaiting promotion stand beside the allocations they may replace: they
+            // hold no name until promoted.
+            if canarying_before
+                && !alloc.server_terminal_status()
+                && deploy.is_current_canary(alloc)
+            {
+                canaries.push(alloc);
+                continue;
+            }
             match self.classify(alloc, plan) {
                 Class::History => {}
                 Class::OldTerminal => ann.ignore += 1,
@@ -122,10 +154,11 @@ impl<'a> Group<'a, '_> {
                 }),
             }
         }
+        let canary_indexes = self.keep_canaries(&canaries, &mut ann, &mut stopping, plan);
         let (kept, dropped) = self.choose(claims);
 
-        // Duplicates and the excess over count.
-        let mut stopping: BTreeSet<&AllocId> = BTreeSet::new();
+        // Duplicates and the excess over count (after promotion, the old allocations that
+        // share a name with a canary).
         for claim in &dropped {
             let alloc = claim.alloc;
             match claim.kind {
@@ -146,8 +179,60 @@ impl<'a> Group<'a, '_> {
         }
 
         let migrating = self.choose_migrations(&kept, &stopping, plan);
+
+        // What a new job version does to the allocations that stay: decided first, since
+        // destructive updates are what calls for canaries.
+        let updates: Vec<(Claim<'a>, Update)> = kept
+            .iter()
+            .filter(|c| match c.kind {
+                Kind::Failed(Decision::Later(_) | Decision::Never) | Kind::Live => true,
+                Kind::Draining | Kind::ForcedMigrate => !migrating.contains(&c.alloc.id),
+                _ => false,
+            })
+            .map(|c| (*c, self.update_kind(c.alloc)))
+            .collect();
+        let destructive_total = updates
+            .iter()
+            .filter(|(_, u)| *u == Update::Destructive)
+            .count();
+        let inplace_total = updates
+            .iter()
+            .filter(|(_, u)| *u == Update::InPlace)
+            .count();
+
+        let strategy = deploy::strategy(ctx.job, tg);
+        let promoted = existing.is_some_and(|s| s.promoted);
+        let wanted_canaries = strategy.map_or(0, |s| usize::try_from(s.canary).unwrap_or(0));
+        // Canaries belong to a new deployment, or to the one in charge that asked for them.
+        let may_canary = match existing {
+            Some(state) => state.desired_canaries > 0,
+            None => deploy.current().is_none(),
+        };
+        let requires_canaries = strategy.is_some()
+            && may_canary
+            && !promoted
+            && destructive_total > 0
+            && canary_indexes.len() < wanted_canaries;
+        let desired_canaries = match existing {
+            Some(state) => state.desired_canaries,
+            None if requires_canaries => strategy.map_or(0, |s| s.canary),
+            None => 0,
+        };
+        let canarying = desired_canaries > 0 && !promoted;
+        let halted = deploy.paused() || deploy.failed();
+        let place_ready = !halted && !canarying;
+        // While canaries await promotion, a replacement of an older version keeps its version
+        // (unless that differs only in what an in-place update changes).
+        let downgrade = |prev: &Allocation| {
+            if canarying && !ctx.is_current(prev) && ctx.tasks_changed(prev, tg) {
+                prev.job.as_deref().map(|j| j.version)
+            } else {
+                None
+            }
+        };
+
         let mut placing = 0usize;
-        let mut updatable = Vec::new();
+        let mut to_place = 0usize;
         for claim in &kept {
             let alloc = claim.alloc;
             match claim.kind {
@@ -156,10 +241,12 @@ impl<'a> Group<'a, '_> {
                         .push(stop(alloc, descriptions::LOST, Some(ClientStatus::Lost)));
                     stopping.insert(&alloc.id);
                     ann.stop += 1;
-                    plan.place
-                        .push(self.ctx.replacement(alloc, tg, PlaceReason::Lost));
+                    let mut place = ctx.replacement(alloc, tg, PlaceReason::Lost);
+                    place.job_version = downgrade(alloc);
+                    plan.place.push(place);
                     ann.place += 1;
                     placing += 1;
+                    to_place += 1;
                 }
                 Kind::Failed(Decision::Now) => {
                     if !alloc.server_terminal_status() {
@@ -167,15 +254,15 @@ impl<'a> Group<'a, '_> {
                         stopping.insert(&alloc.id);
                         ann.stop += 1;
                     }
-                    plan.place.push(self.rescheduled(alloc));
+                    let mut place = self.rescheduled(alloc);
+                    place.job_version = downgrade(alloc);
+                    plan.place.push(place);
                     ann.place += 1;
                     ann.reschedule_now += 1;
                     placing += 1;
+                    to_place += 1;
                 }
-                Kind::Failed(Decision::Later(at)) => {
-                    plan.wake(at);
-                    updatable.push(*claim);
-                }
+                Kind::Failed(Decision::Later(at)) => plan.wake(at),
                 Kind::Done | Kind::Unknown => ann.ignore += 1,
                 Kind::Disconnecting { expires_at } => {
                     plan.disconnect.push(Disconnect {
@@ -190,54 +277,66 @@ impl<'a> Group<'a, '_> {
                 Kind::Draining | Kind::ForcedMigrate if migrating.contains(&alloc.id) => {
                     plan.stop.push(stop(alloc, descriptions::MIGRATING, None));
                     stopping.insert(&alloc.id);
-                    plan.place
-                        .push(self.ctx.replacement(alloc, tg, PlaceReason::Migrate));
+                    let mut place = ctx.replacement(alloc, tg, PlaceReason::Migrate);
+                    place.job_version = downgrade(alloc);
+                    plan.place.push(place);
                     ann.migrate += 1;
                 }
                 Kind::Failed(Decision::Never)
                 | Kind::Live
                 | Kind::Draining
-                | Kind::ForcedMigrate => updatable.push(*claim),
+                | Kind::ForcedMigrate => {}
             }
         }
 
-        // Missing names, lowest free indexes first.
+        // Missing names, lowest free indexes first; not while the deployment is paused,
+        // failed, or waiting on canaries.
         let used: BTreeSet<u32> = kept.iter().map(|c| c.index).collect();
         let missing = self.count().saturating_sub(kept.len());
-        let count = u32::try_from(self.count()).unwrap_or(u32::MAX);
-        for index in (0..count).filter(|i| !used.contains(i)).take(missing) {
-            let name = self.ctx.name(&tg.name, index);
-            plan.place
-                .push(Place::new(&tg.name, name, index, PlaceReason::New));
-            ann.place += 1;
-            placing += 1;
+        to_place += missing;
+        if place_ready {
+            let count = u32::try_from(self.count()).unwrap_or(u32::MAX);
+            for index in (0..count).filter(|i| !used.contains(i)).take(missing) {
+                let name = ctx.name(&tg.name, index);
+                plan.place
+                    .push(Place::new(&tg.name, name, index, PlaceReason::New));
+                ann.place += 1;
+                placing += 1;
+            }
         }
 
         // New job version: in place where possible, else replace at the rollout's pace.
         let mut destructive = Vec::new();
-        for claim in updatable {
-            let alloc = claim.alloc;
-            if self.ctx.is_current(alloc) {
-                self.keep(claim, &mut ann, plan);
-            } else if self.ctx.needs_destructive(alloc, tg) {
-                destructive.push(claim);
-            } else if alloc.client_terminal_status() {
-                // Nothing runs that could be updated.
-                self.keep(claim, &mut ann, plan);
-            } else {
-                plan.inplace_update.push(alloc.id.clone());
-                ann.in_place_update += 1;
+        for (claim, update) in updates {
+            match update {
+                Update::Keep => self.keep(claim, &mut ann, plan),
+                Update::InPlace => {
+                    plan.inplace_update.push(claim.alloc.id.clone());
+                    ann.in_place_update += 1;
+                }
+                Update::Destructive => destructive.push(claim),
             }
         }
-        let budget = rollout::destructive_budget(self.ctx, tg, self.allocs, &stopping, placing)
-            .unwrap_or(usize::MAX);
+        let budget = if place_ready {
+            rollout::deployment_budget(ctx, tg, self.allocs, &stopping, placing, canarying)
+                .unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        // What does not serve goes first: unhealthy, then unproven, then healthy allocations,
+        // each by index. (Nomad goes by index alone; after a failed or cancelled rollout that
+        // would replace healthy allocations while broken ones stay.)
+        if !self.batch {
+            destructive.sort_by_key(|c| (health_rank(c.alloc), c.index));
+        }
+        let destructive_indexes: Vec<u32> = destructive.iter().map(|c| c.index).collect();
         for (i, claim) in destructive.into_iter().enumerate() {
             if i < budget {
                 let alloc = claim.alloc;
                 plan.destructive_update.push(DestructiveUpdate {
                     alloc_id: alloc.id.clone(),
                     description: descriptions::UPDATING,
-                    place: self.ctx.replacement(alloc, tg, PlaceReason::Update),
+                    place: ctx.replacement(alloc, tg, PlaceReason::Update),
                 });
                 ann.destructive_update += 1;
             } else {
@@ -245,8 +344,136 @@ impl<'a> Group<'a, '_> {
             }
         }
 
+        // Canaries beside the old allocations, named after those they may replace.
+        if requires_canaries && !halted {
+            let needed = wanted_canaries - canary_indexes.len();
+            let names = next_canaries(
+                needed,
+                &canary_indexes,
+                &destructive_indexes,
+                &used,
+                self.count(),
+            );
+            for index in names {
+                let mut place = Place::new(
+                    &tg.name,
+                    ctx.name(&tg.name, index),
+                    index,
+                    PlaceReason::Canary,
+                );
+                place.canary = true;
+                plan.place.push(place);
+                ann.canary += 1;
+            }
+        }
+
+        // A new version (or the first) of a group with an update block starts a deployment.
+        if let Some(strategy) = strategy
+            && existing.is_none()
+            && deploy.current().is_none()
+        {
+            let desired_total = destructive_total + inplace_total + to_place;
+            let had_running = self
+                .allocs
+                .iter()
+                .any(|a| !a.server_terminal_status() && ctx.is_current(a));
+            let updating_spec = destructive_total + inplace_total > 0;
+            // Nothing new to roll out when this version already ran and only replacements are due.
+            if desired_total > 0 && (updating_spec || !had_running) {
+                let joins = ann.place
+                    + ann.migrate
+                    + ann.canary
+                    + ann.destructive_update
+                    + ann.in_place_update
+                    > 0;
+                let state =
+                    deploy.new_group_state(strategy, desired_total, desired_canaries, joins);
+                deploy.attach(plan, ctx.job, &tg.name, state);
+            }
+        }
+
         let entry = plan.group(&tg.name);
         add(entry, &ann);
+    }
+
+    /// What a new job version does to an allocation that stays.
+    fn update_kind(&self, alloc: &Allocation) -> Update {
+        if self.ctx.is_current(alloc) {
+            Update::Keep
+        } else if self.ctx.needs_destructive(alloc, self.tg) {
+            Update::Destructive
+        } else if alloc.client_terminal_status() {
+            // Nothing runs that could be updated.
+            Update::Keep
+        } else {
+            Update::InPlace
+        }
+    }
+
+    /// The canaries of the deployment in charge while they await promotion: kept where they
+    /// are; stopped when their node is lost or draining (new canaries take their place);
+    /// rescheduled, as canaries, when they failed and may be. Returns the indexes of those that
+    /// still count as placed.
+    fn keep_canaries(
+        &self,
+        canaries: &[&'a Allocation],
+        ann: &mut DesiredUpdates,
+        stopping: &mut BTreeSet<&'a AllocId>,
+        plan: &mut Plan,
+    ) -> Vec<u32> {
+        let mut counted = Vec::new();
+        for &alloc in canaries {
+            let index = alloc.index().unwrap_or(u32::MAX);
+            let kind = match self.classify(alloc, plan) {
+                // Finished on the client but still desired to run: it keeps its slot.
+                Class::History | Class::OldTerminal => Kind::Live,
+                Class::Claim(kind) => kind,
+            };
+            match kind {
+                Kind::Live | Kind::Unknown | Kind::Done | Kind::Failed(Decision::Never) => {
+                    ann.ignore += 1;
+                    counted.push(index);
+                }
+                Kind::Disconnecting { expires_at } => {
+                    plan.disconnect.push(Disconnect {
+                        alloc_id: alloc.id.clone(),
+                        group: self.tg.name.clone(),
+                        expires_at,
+                    });
+                    plan.wake(expires_at);
+                    ann.disconnect += 1;
+                    ann.ignore += 1;
+                    counted.push(index);
+                }
+                Kind::Lost => {
+                    plan.stop
+                        .push(stop(alloc, descriptions::LOST, Some(ClientStatus::Lost)));
+                    stopping.insert(&alloc.id);
+                }
+                Kind::Draining | Kind::ForcedMigrate => {
+                    plan.stop.push(stop(alloc, descriptions::MIGRATING, None));
+                    stopping.insert(&alloc.id);
+                }
+                Kind::Failed(Decision::Now) => {
+                    plan.stop.push(stop(alloc, descriptions::RESCHEDULED, None));
+                    stopping.insert(&alloc.id);
+                    ann.stop += 1;
+                    let mut place = self.rescheduled(alloc);
+                    place.canary = true;
+                    plan.place.push(place);
+                    ann.place += 1;
+                    ann.reschedule_now += 1;
+                    counted.push(index);
+                }
+                Kind::Failed(Decision::Later(at)) => {
+                    plan.wake(at);
+                    let claim = Claim { alloc, index, kind };
+                    self.keep(claim, ann, plan);
+                    counted.push(index);
+                }
+            }
+        }
+        counted
     }
 
     /// Left as it is; a failed allocation due later gets its follow-up.
@@ -327,7 +554,19 @@ impl<'a> Group<'a, '_> {
         Class::Claim(kind)
     }
 
+    /// Whether and when a failed allocation is rescheduled. One of the deployment in charge
+    /// waits for the deployment watcher: while the deployment is active, until the watcher
+    /// lets it (`DesiredTransition.Reschedule`); once the deployment failed, for good (Nomad's
+    /// `updateByReschedulable` and `placeAllocs`).
     fn decide(&self, alloc: &Allocation) -> Decision {
+        if let Some(d) = self.ctx.deploy.current()
+            && self.ctx.deploy.in_current(alloc)
+        {
+            let allowed = d.active() && alloc.desired_transition.reschedule == Some(true);
+            if !allowed {
+                return Decision::Never;
+            }
+        }
         let policy = reschedule::reschedule_policy(alloc, self.tg);
         reschedule::decide(alloc, policy, self.batch, self.ctx.now)
     }
@@ -348,7 +587,7 @@ impl<'a> Group<'a, '_> {
         let excess = kept.len().saturating_sub(self.count());
         if excess > 0 {
             let mut order: Vec<usize> = (0..kept.len()).collect();
-            order.sort_by(|&i, &j| shed_order(&kept[i], &kept[j]));
+            order.sort_by(|&i, &j| shed_order(&kept[i], &kept[j], !self.batch));
             let shed: BTreeSet<usize> = order.into_iter().take(excess).collect();
             let (keep, drop): (Vec<_>, Vec<_>) = kept
                 .into_iter()
@@ -503,19 +742,64 @@ fn keep_rank(kind: Kind) -> u8 {
 }
 
 /// Which claim a group over its count sheds first (`Less`: `a`): lost ones (not replaced),
-/// failed ones, migrating ones, then the highest indexes.
-fn shed_order(a: &Claim<'_>, b: &Claim<'_>) -> Ordering {
+/// failed ones, migrating ones, then those not proven healthy (found unhealthy, then not yet
+/// decided), then the highest indexes. Keeping an unhealthy or unproven allocation over a
+/// healthy one would leave a rollout that also scales down with less capacity than
+/// `max_parallel` allows. Health is only looked at `by_health` (services: batch allocations
+/// have no deployment, and a completed one that is shed is kept, not stopped).
+fn shed_order(a: &Claim<'_>, b: &Claim<'_>, by_health: bool) -> Ordering {
     let class = |c: &Claim<'_>| match c.kind {
         Kind::Lost => 0,
         Kind::Failed(Decision::Now) => 1,
         Kind::Failed(_) => 2,
         Kind::Draining | Kind::ForcedMigrate => 3,
-        Kind::Live | Kind::Unknown | Kind::Disconnecting { .. } | Kind::Done => 4,
+        Kind::Live | Kind::Unknown | Kind::Disconnecting { .. } | Kind::Done => {
+            4 + if by_health { health_rank(c.alloc) } else { 0 }
+        }
     };
     let key = |c: &Claim<'_>| (class(c), Reverse(c.index), Reverse(c.alloc.create_index));
     key(a)
         .cmp(&key(b))
         .then_with(|| a.alloc.id.cmp(&b.alloc.id))
+}
+
+/// 0 for an allocation found unhealthy, 1 while its health is not decided, 2 once healthy.
+fn health_rank(alloc: &Allocation) -> u8 {
+    if alloc.is_unhealthy() {
+        0
+    } else if alloc.is_healthy() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Indexes for `n` new canaries (Nomad's `NextCanaries`): first those of the allocations a
+/// destructive update will replace, then free ones below `count`, then from `count` up; never
+/// one a placed canary already has.
+fn next_canaries(
+    n: usize,
+    canaries: &[u32],
+    destructive: &[u32],
+    used: &BTreeSet<u32>,
+    count: usize,
+) -> Vec<u32> {
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    let taken: BTreeSet<u32> = canaries.iter().copied().collect();
+    let mut preferred: Vec<u32> = destructive.iter().copied().filter(|&i| i < count).collect();
+    preferred.sort_unstable();
+    let free = (0..count).filter(|i| !used.contains(i));
+    let beyond = count..;
+    let mut out: Vec<u32> = Vec::with_capacity(n);
+    for index in preferred.into_iter().chain(free).chain(beyond) {
+        if out.len() == n {
+            break;
+        }
+        if !taken.contains(&index) && !out.contains(&index) {
+            out.push(index);
+        }
+    }
+    out
 }
 
 fn add(into: &mut DesiredUpdates, from: &DesiredUpdates) {

@@ -13,8 +13,13 @@
 //! - System and sysbatch jobs go through the per-node reconciler (`node.rs`): one allocation per
 //!   group on every eligible node.
 //!
-//! Deployments (canaries, promotion, auto-revert) are not modelled yet; the rate limit of
-//! destructive updates lives in `rollout.rs`, which is where a deployment's state will plug in.
+//! Service jobs roll new versions out through deployments (`deploy.rs`, Nomad's model): a
+//! group with an update block (`max_parallel > 0`) gets a [`Deployment`] when a new job version
+//! (or the first one) is placed; destructive updates then go at most `max_parallel` at a time
+//! (`rollout.rs`), canaries wait beside the old allocations until promotion, and a paused or
+//! failed deployment makes no further progress. Whether an allocation is healthy is the
+//! client's call; whether a deployment succeeded, failed or is promoted is the deployment
+//! watcher's ([`crate::deployment`]). See `docs/deployments.md`.
 //!
 //! # Applying a plan
 //!
@@ -24,10 +29,18 @@
 //!   fails, either leave the failed allocation alone or stop it and set its
 //!   `RescheduleTracker.LastReschedule` to [`reschedule::LAST_RESCHEDULE_NO_PLACEMENT`] (it is
 //!   then retried).
-//! - [`Plan::place`]: create `name` in `group` with the current job, `PreviousAllocation =
+//! - [`Plan::deployment_updates`]: apply each to the deployment it names
+//!   ([`StatusUpdate::apply`]); [`Plan::deployment`]: create it (its ID is
+//!   [`Input::new_deployment_id`]). Both go in the same transaction as the allocations.
+//! - [`Plan::place`]: create `name` in `group` with the current job (or, when
+//!   [`Place::job_version`] is set, with that version of the job), `PreviousAllocation =
 //!   previous_alloc`, `RescheduleTracker = reschedule_tracker`; set the previous allocation's
-//!   `NextAllocation`. The scheduler picks the node (or checks `node` for system jobs).
-//! - [`Plan::inplace_update`]: replace the allocation's `Job` with the current one.
+//!   `NextAllocation`. The scheduler picks the node (or checks `node` for system jobs). A
+//!   placement of the current version joins [`Plan::deployment_id`] (`DeploymentID`); a canary
+//!   gets `DeploymentStatus = {Canary: true}`.
+//! - [`Plan::inplace_update`]: replace the allocation's `Job` with the current one; set its
+//!   `DeploymentID` to [`Plan::deployment_id`] (empty when `None`) and, when that changes it,
+//!   clear its `DeploymentStatus` (its health is decided again for the new deployment).
 //! - [`Plan::destructive_update`]: stop the old one only if its replacement is placed.
 //! - [`Plan::disconnect`]: `ClientStatus = unknown`, `ClientDescription =`
 //!   [`descriptions::UNKNOWN`], append an `AllocState { Field: 0, Value: "unknown", Time: now }`.
@@ -36,6 +49,7 @@
 //! - [`Plan::wake_at`]: reconcile the job again then, even if nothing else changes.
 
 mod cluster;
+mod deploy;
 mod node;
 pub mod reschedule;
 mod rollout;
@@ -43,17 +57,20 @@ mod status;
 mod tasks_updated;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
+use crate::deployment::StatusUpdate;
 use caravan_schemas::alloc::{Allocation, ClientStatus, RescheduleTracker};
+use caravan_schemas::deployment::Deployment;
 use caravan_schemas::job::{Job, JobType, TaskGroup};
 use caravan_schemas::node::{Node, NodeStatus, SchedulingEligibility};
-use caravan_schemas::{AllocId, NodeId};
+use caravan_schemas::{AllocId, DeploymentId, NodeId};
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use reschedule::{
-    fail_time, next_delay, next_reschedule_time, next_reschedule_tracker, reschedule_policy,
+    fail_time, next_delay, next_reschedule_time, next_reschedule_tracker, reschedule_eligible,
+    reschedule_policy,
 };
 pub use status::job_status;
 pub use tasks_updated::{destructive_change, tasks_updated};
@@ -93,6 +110,12 @@ pub struct Input<'a> {
     pub eligible_nodes: &'a [NodeId],
     /// Unix nanoseconds.
     pub now: i64,
+    /// The job's latest deployment (the one created last), whatever its status; `None` when
+    /// the job never had one.
+    pub deployment: Option<&'a Deployment>,
+    /// The ID a deployment created by this plan gets (a fresh UUID); unused when the plan
+    /// creates none.
+    pub new_deployment_id: &'a DeploymentId,
 }
 
 /// What the reconciler needs to know about a node.
@@ -232,16 +255,32 @@ pub struct Plan {
     /// delay ends, a disconnect window closes, a drain deadline passes); `None` when nothing is
     /// waiting on the clock.
     pub wake_at: Option<i64>,
+    /// A deployment to create, with [`Input::new_deployment_id`] as its ID: the job's service
+    /// groups with an update block start rolling out a new version (or the first one).
+    pub deployment: Option<Deployment>,
+    /// Status changes of the job's existing deployment: cancelled by a newer job version or
+    /// because the job is stopped.
+    pub deployment_updates: Vec<StatusUpdate>,
+    /// The deployment that this plan's placements of the current job version and its in-place
+    /// updates join (their `DeploymentID`): the one created here, or the job's active one.
+    /// `None`: they join none.
+    pub deployment_id: Option<DeploymentId>,
 }
 
 impl Plan {
-    /// Nothing to do to any allocation (follow-ups and annotations aside).
+    /// Nothing to do to any allocation (follow-ups, annotations and deployments aside; see
+    /// [`Plan::changes_deployments`]).
     pub fn is_empty(&self) -> bool {
         self.place.is_empty()
             && self.stop.is_empty()
             && self.inplace_update.is_empty()
             && self.destructive_update.is_empty()
             && self.disconnect.is_empty()
+    }
+
+    /// A deployment is created or an existing one changes status.
+    pub fn changes_deployments(&self) -> bool {
+        self.deployment.is_some() || !self.deployment_updates.is_empty()
     }
 
     /// Every new allocation: placements and the replacements of destructive updates.
@@ -273,6 +312,8 @@ pub enum PlaceReason {
     Migrate,
     /// The new-version half of a destructive update.
     Update,
+    /// A canary of a deployment: placed beside the allocations it may replace.
+    Canary,
 }
 
 /// An allocation to create.
@@ -298,8 +339,15 @@ pub struct Place {
     /// For [`PlaceReason::Reschedule`]: the new allocation's `RescheduleTracker` (earlier
     /// attempts carried over plus this one).
     pub reschedule_tracker: Option<RescheduleTracker>,
-    /// A canary of a deployment. Always false until deployments exist.
+    /// A canary of the deployment (a new canary, or the replacement of a failed or lost one):
+    /// set `DeploymentStatus = {Canary: true}` on the new allocation.
     pub canary: bool,
+    /// Place this version of the job instead of the current one: the version `previous_alloc`
+    /// runs (its `Job` can be reused). Set on the replacement of an allocation of an older
+    /// version with other tasks (lost, rescheduled, migrated) while the group's canaries await
+    /// promotion: the replacement keeps running what it replaces, as Nomad's
+    /// `downgradeNonCanary`, and joins no deployment.
+    pub job_version: Option<u64>,
 }
 
 impl Place {
@@ -316,6 +364,7 @@ impl Place {
             penalty_nodes: Vec::new(),
             reschedule_tracker: None,
             canary: false,
+            job_version: None,
         }
     }
 
@@ -413,6 +462,7 @@ impl fmt::Display for JobStatus {
 pub fn reconcile(input: &Input<'_>) -> Plan {
     let mut plan = Plan::default();
     let by_group = group_allocs(input.allocs);
+    let deploy = deploy::Deploy::new(input, &mut plan);
     match input.job {
         None => stop_everything(input, None, &by_group, &mut plan),
         Some(job) if job.stop || is_parent(job) => {
@@ -423,6 +473,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                 job,
                 nodes: input.nodes,
                 now: input.now,
+                deploy,
             };
             match job.r#type {
                 JobType::Service | JobType::Batch => cluster::reconcile(&ctx, &by_group, &mut plan),
@@ -430,6 +481,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                     node::reconcile(&ctx, &by_group, input.eligible_nodes, &mut plan);
                 }
             }
+            ctx.deploy.finish(&mut plan);
         }
     }
     plan.job_status = status::after_plan(input, &plan);
@@ -441,6 +493,8 @@ struct Ctx<'a> {
     job: &'a Job,
     nodes: &'a BTreeMap<NodeId, NodeView>,
     now: i64,
+    /// The job's deployment as far as this job version is concerned.
+    deploy: deploy::Deploy<'a>,
 }
 
 impl Ctx<'_> {
@@ -465,12 +519,16 @@ impl Ctx<'_> {
     /// The allocation cannot be updated in place: a task changed (Nomad's `tasksUpdated`), or
     /// its node left the job's datacenters or node pool.
     fn needs_destructive(&self, alloc: &Allocation, tg: &TaskGroup) -> bool {
-        let tasks_changed = alloc
+        self.tasks_changed(alloc, tg) || self.node(alloc).is_none_or(|n| !n.in_job(self.job))
+    }
+
+    /// The allocation's job version runs other tasks than `tg` (Nomad's `tasksUpdated`).
+    fn tasks_changed(&self, alloc: &Allocation, tg: &TaskGroup) -> bool {
+        alloc
             .job
             .as_deref()
             .and_then(|j| j.group(&alloc.task_group))
-            .is_none_or(|old| tasks_updated(old, tg));
-        tasks_changed || self.node(alloc).is_none_or(|n| !n.in_job(self.job))
+            .is_none_or(|old| tasks_updated(old, tg))
     }
 
     /// The node a replacement of `prev` should prefer: its own, when the group's ephemeral

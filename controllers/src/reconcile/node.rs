@@ -190,8 +190,7 @@ pub(super) fn reconcile(
         let Some(&(_, tg)) = candidates.first() else {
             continue;
         };
-        let budget =
-            rollout::destructive_budget(ctx, tg, allocs, &stopping, 0).unwrap_or(usize::MAX);
+        let budget = rollout::health_budget(ctx, tg, allocs, &stopping, 0).unwrap_or(usize::MAX);
         for (i, (alloc, tg)) in candidates.into_iter().enumerate() {
             let counts = plan.group(group);
             if i < budget {

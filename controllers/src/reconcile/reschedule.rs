@@ -104,6 +104,24 @@ fn attempted_within_interval(alloc: &Allocation, policy: &ReschedulePolicy, fail
         .count()
 }
 
+/// Whether the policy still allows rescheduling `alloc` at `at` (Nomad's
+/// `RescheduleTracker.RescheduleEligible`): unlimited, or fewer than `attempts` reschedules
+/// within `interval` before `at`. Unlike [`next_reschedule_time`] it does not look at the
+/// allocation's status: the deployment watcher asks it of unhealthy allocations.
+pub fn reschedule_eligible(alloc: &Allocation, policy: Option<&ReschedulePolicy>, at: i64) -> bool {
+    let Some(policy) = policy else {
+        return false;
+    };
+    if policy.unlimited {
+        return true;
+    }
+    if policy.attempts <= 0 {
+        return false;
+    }
+    let attempts = usize::try_from(policy.attempts).unwrap_or(0);
+    attempted_within_interval(alloc, policy, at) < attempts
+}
+
 /// When `alloc` may be rescheduled and whether it may be at all (Nomad's
 /// `NextRescheduleTime`): the failure time plus [`next_delay`]; eligible with an unlimited
 /// policy, or while fewer than `attempts` reschedules happened within `interval` (and the

@@ -1,15 +1,17 @@
 //! Builders for reconciler tests: jobs, groups, allocations, node views, and a tiny world that
 //! applies plans the way the controller loop must.
 
+use crate::deployment::{WatchInput, WatchOutcome, watch};
 use crate::reconcile::{DrainView, Input, NodeView, Plan, reconcile};
 use caravan_schemas::alloc::{
     AllocDeploymentStatus, AllocState, Allocation, ClientStatus, DesiredStatus, RescheduleEvent,
     RescheduleTracker, TaskState, TaskStatus, alloc_name,
 };
+use caravan_schemas::deployment::Deployment;
 use caravan_schemas::job::{Job, JobType, ReschedulePolicy, Task, TaskGroup, UpdateStrategy};
 use caravan_schemas::node::NodeStatus;
 use caravan_schemas::time::Timestamp;
-use caravan_schemas::{AllocId, Duration, NodeId};
+use caravan_schemas::{AllocId, DeploymentId, Duration, NodeId};
 use std::collections::BTreeMap;
 
 pub const SEC: i64 = 1_000_000_000;
@@ -72,6 +74,7 @@ pub fn group(name: &str, count: i32) -> TaskGroup {
 pub fn next_version(job: &Job, edit: impl FnOnce(&mut Job)) -> Job {
     let mut next = job.clone();
     edit(&mut next);
+    next.stable = false;
     next.version += 1;
     next.job_modify_index += 10;
     next.modify_index = next.job_modify_index;
@@ -296,6 +299,9 @@ pub fn nodes(overrides: &[(&str, NodeView)]) -> BTreeMap<NodeId, NodeView> {
     map
 }
 
+/// The ID a deployment created by [`run`] gets.
+pub const NEW_DEPLOYMENT: &str = "d-new";
+
 pub fn run(job: Option<&Job>, allocs: &[Allocation], nodes: &BTreeMap<NodeId, NodeView>) -> Plan {
     reconcile(&Input {
         job,
@@ -303,6 +309,8 @@ pub fn run(job: Option<&Job>, allocs: &[Allocation], nodes: &BTreeMap<NodeId, No
         nodes,
         eligible_nodes: &[],
         now: NOW,
+        deployment: None,
+        new_deployment_id: &DeploymentId::new(NEW_DEPLOYMENT),
     })
 }
 
@@ -341,10 +349,15 @@ pub fn stopped_ids(plan: &Plan) -> Vec<&str> {
     plan.stop.iter().map(|s| s.alloc_id.as_str()).collect()
 }
 
-/// A job, its allocations and nodes; applies plans as the controller loop must.
+/// A job, its versions, deployments, allocations and nodes; applies plans and watch outcomes
+/// as the controller loops must.
 #[derive(Clone, Debug)]
 pub struct World {
     pub job: Option<Job>,
+    /// Every version of the job registered so far (the current one included).
+    pub versions: Vec<Job>,
+    /// Every deployment of the job, oldest first; the last is the latest.
+    pub deployments: Vec<Deployment>,
     pub allocs: Vec<Allocation>,
     pub nodes: BTreeMap<NodeId, NodeView>,
     pub eligible: Vec<NodeId>,
@@ -364,7 +377,9 @@ impl World {
         let spare = NodeId::new("spare");
         nodes.insert(spare.clone(), ready());
         World {
+            versions: job.iter().cloned().collect(),
             job,
+            deployments: Vec::new(),
             allocs,
             nodes,
             eligible: Vec::new(),
@@ -374,6 +389,24 @@ impl World {
         }
     }
 
+    /// The job's latest deployment.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.deployments.last()
+    }
+
+    /// The ID the next deployment gets.
+    pub fn next_deployment_id(&self) -> DeploymentId {
+        DeploymentId::new(format!("d{}", self.deployments.len() + 1))
+    }
+
+    /// Registers a new version of the job (the user's `job run`); it is not stable until
+    /// its deployment succeeds.
+    pub fn register(&mut self, mut job: Job) {
+        job.stable = false;
+        self.versions.push(job.clone());
+        self.job = Some(job);
+    }
+
     pub fn reconcile(&self) -> Plan {
         reconcile(&Input {
             job: self.job.as_ref(),
@@ -381,20 +414,37 @@ impl World {
             nodes: &self.nodes,
             eligible_nodes: &self.eligible,
             now: self.now,
+            deployment: self.deployment(),
+            new_deployment_id: &self.next_deployment_id(),
         })
     }
 
-    fn find(&mut self, id: &AllocId) -> &mut Allocation {
+    pub fn find(&mut self, id: &AllocId) -> &mut Allocation {
         self.allocs
             .iter_mut()
             .find(|a| &a.id == id)
             .unwrap_or_else(|| panic!("plan names unknown alloc {id}"))
     }
 
+    fn deployment_mut(&mut self, id: &DeploymentId) -> &mut Deployment {
+        self.deployments
+            .iter_mut()
+            .find(|d| &d.id == id)
+            .unwrap_or_else(|| panic!("unknown deployment {id}"))
+    }
+
     /// Applies `plan` as the loop must (every placement succeeds). Returns the new allocations'
     /// ids.
     pub fn apply(&mut self, plan: &Plan) -> Vec<AllocId> {
         let now = self.now;
+        for update in &plan.deployment_updates {
+            let d = self.deployment_mut(&update.deployment_id);
+            update.apply(d, now).expect("status update applies");
+        }
+        if let Some(d) = &plan.deployment {
+            self.deployments.push(d.clone());
+        }
+        let joins = plan.deployment_id.clone().unwrap_or_default();
         for stop in &plan.stop {
             let a = self.find(&stop.alloc_id);
             a.desired_status = DesiredStatus::Stop;
@@ -405,7 +455,13 @@ impl World {
         }
         for id in &plan.inplace_update {
             let job = self.job.clone().map(std::sync::Arc::new);
-            self.find(id).job = job;
+            let joins = joins.clone();
+            let a = self.find(id);
+            a.job = job;
+            if a.deployment_id != joins {
+                a.deployment_id = joins;
+                a.deployment_status = None;
+            }
         }
         for d in &plan.disconnect {
             let a = self.find(&d.alloc_id);
@@ -430,21 +486,42 @@ impl World {
         for place in places {
             self.next += 1;
             let id = AllocId::new(format!("new-{}", self.next));
+            let mut previous_job = None;
             if let Some(prev) = &place.previous_alloc {
-                self.find(prev).next_allocation = id.clone();
+                let prev = self.find(prev);
+                prev.next_allocation = id.clone();
+                previous_job = prev.job.clone();
             }
-            let job = self.job.clone().expect("placements need a job");
+            let job = match place.job_version {
+                // A replacement that keeps the version it replaces.
+                Some(version) => {
+                    let job = previous_job.expect("a downgraded placement replaces something");
+                    assert_eq!(job.version, version, "{place:?}");
+                    job
+                }
+                None => std::sync::Arc::new(self.job.clone().expect("placements need a job")),
+            };
+            let deployment_id = if place.job_version.is_none() {
+                joins.clone()
+            } else {
+                DeploymentId::default()
+            };
             self.allocs.push(Allocation {
                 id: id.clone(),
                 name: place.name.clone(),
                 node_id: place.node.clone().unwrap_or_else(|| self.spare.clone()),
                 job_id: job.id.clone(),
-                job: Some(std::sync::Arc::new(job)),
+                job: Some(job),
                 task_group: place.group.clone(),
                 desired_status: DesiredStatus::Run,
                 client_status: ClientStatus::Pending,
                 previous_allocation: place.previous_alloc.clone().unwrap_or_default(),
                 reschedule_tracker: place.reschedule_tracker.clone(),
+                deployment_id,
+                deployment_status: place.canary.then(|| AllocDeploymentStatus {
+                    canary: true,
+                    ..Default::default()
+                }),
                 create_index: 1000 + i64::try_from(self.next).unwrap_or(0),
                 modify_index: 1000 + i64::try_from(self.next).unwrap_or(0),
                 create_time: now,
@@ -456,16 +533,108 @@ impl World {
         created
     }
 
-    /// Marks allocations healthy and running.
+    /// Marks allocations healthy and running (the client's report), now.
     pub fn make_healthy(&mut self, ids: &[AllocId]) {
+        self.set_health(ids, true);
+    }
+
+    /// Marks allocations unhealthy (still running), now.
+    pub fn make_unhealthy(&mut self, ids: &[AllocId]) {
+        self.set_health(ids, false);
+    }
+
+    fn set_health(&mut self, ids: &[AllocId], healthy: bool) {
+        let now = self.now;
         for id in ids {
             let a = self.find(id);
             a.client_status = ClientStatus::Running;
+            let old = a.deployment_status.clone().unwrap_or_default();
             a.deployment_status = Some(AllocDeploymentStatus {
-                healthy: Some(true),
-                ..Default::default()
+                healthy: Some(healthy),
+                timestamp: Timestamp::from_unix_nanos(now),
+                ..old
             });
         }
+    }
+
+    /// Runs the deployment watcher on the latest deployment and applies what it says: the
+    /// deployment, promoted canaries, allowed reschedules, a stable version, a revert (as a
+    /// new job version).
+    pub fn watch(&mut self) -> WatchOutcome {
+        let (Some(deployment), Some(job)) = (self.deployment(), self.job.as_ref()) else {
+            return WatchOutcome::default();
+        };
+        let out = watch(&WatchInput {
+            deployment,
+            job,
+            allocs: &self.allocs,
+            versions: &self.versions,
+            now: self.now,
+        });
+        self.apply_watch(&out);
+        out
+    }
+
+    pub fn apply_watch(&mut self, out: &WatchOutcome) {
+        if let Some(d) = &out.deployment {
+            *self.deployment_mut(&d.id.clone()) = d.clone();
+        }
+        for id in &out.promoted_canaries {
+            if let Some(status) = self.find(id).deployment_status.as_mut() {
+                status.canary = false;
+            }
+        }
+        for id in &out.allow_reschedule {
+            self.find(id).desired_transition.reschedule = Some(true);
+        }
+        if let Some(version) = out.stable_version {
+            for v in self.versions.iter_mut().filter(|v| v.version == version) {
+                v.stable = true;
+            }
+            if let Some(job) = self.job.as_mut().filter(|j| j.version == version) {
+                job.stable = true;
+            }
+        }
+        if let Some(version) = out.revert_to {
+            self.revert(version);
+        }
+    }
+
+    /// Registers version `version`'s spec again as a new version (`job revert`).
+    pub fn revert(&mut self, version: u64) {
+        let current = self.job.clone().expect("a job to revert");
+        let old = self
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .cloned()
+            .unwrap_or_else(|| panic!("no version {version}"));
+        let reverted = Job {
+            version: current.version + 1,
+            job_modify_index: current.job_modify_index + 10,
+            modify_index: current.job_modify_index + 10,
+            create_index: current.create_index,
+            stable: false,
+            ..old
+        };
+        self.register(reverted);
+    }
+
+    /// The ids of the live allocations of the current job version that are not healthy yet
+    /// (pending or running without a health verdict).
+    pub fn unproven(&self) -> Vec<AllocId> {
+        let job = self.job.as_ref();
+        self.allocs
+            .iter()
+            .filter(|a| {
+                !a.is_terminal()
+                    && a.deployment_status
+                        .as_ref()
+                        .is_none_or(|s| s.healthy.is_none())
+                    && a.job.as_deref().map(|j| j.version) == job.map(|j| j.version)
+            })
+            .map(|a| a.id.clone())
+            .collect()
     }
 
     /// Applies `plan`, then checks that reconciling again changes nothing.
@@ -475,6 +644,10 @@ impl World {
         let again = self.reconcile();
         assert!(again.is_empty(), "not idempotent; second plan: {again:#?}");
         assert!(again.reschedule_later.is_empty(), "{again:#?}");
+        assert!(
+            !again.changes_deployments(),
+            "deployments not idempotent: {again:#?}"
+        );
         created
     }
 }

@@ -3,7 +3,10 @@
 //! 1. after applying a plan, no group of a service or batch job has more allocations desired
 //!    to run than its count;
 //! 2. applying a plan and reconciling again gives an empty plan;
-//! 3. a successfully completed batch allocation is never replaced.
+//! 3. a successfully completed batch allocation is never replaced;
+//! 4. a paused or failed deployment starts nothing new: no deployment, no canary, no
+//!    replacement of the new version, no new name; a failed one's unpromoted canaries are
+//!    stopped and its failed allocations are not rescheduled.
 
 use super::fixtures::*;
 use crate::reconcile::{DrainView, NodeView, PlaceReason, Plan};
@@ -11,6 +14,7 @@ use caravan_schemas::alloc::{
     AllocState, Allocation, ClientStatus, DesiredStatus, RescheduleEvent, RescheduleTracker,
     TaskState, TaskStatus, alloc_name,
 };
+use caravan_schemas::deployment::{Deployment, DeploymentState, DeploymentStatus};
 use caravan_schemas::job::{Job, JobType};
 use caravan_schemas::node::NodeStatus;
 use caravan_schemas::time::Timestamp;
@@ -458,6 +462,60 @@ fn check(mut world: World) -> Result<Plan, TestCaseError> {
     Ok(plan)
 }
 
+/// Puts a paused or failed deployment of `job`'s version in charge: the allocations of the
+/// current version belong to it, the first `canaries` of each group are its canaries.
+fn halted_deployment(
+    job: &Job,
+    world: &mut World,
+    failed: bool,
+    canaries: i32,
+    promoted: bool,
+) -> Deployment {
+    let id = caravan_schemas::DeploymentId::new("d-halted");
+    let d = Deployment {
+        id: id.clone(),
+        job_id: job.id.clone(),
+        job_version: job.version,
+        job_create_index: job.create_index,
+        status: if failed {
+            DeploymentStatus::Failed
+        } else {
+            DeploymentStatus::Paused
+        },
+        task_groups: job
+            .task_groups
+            .iter()
+            .map(|tg| {
+                let state = DeploymentState {
+                    desired_total: tg.count,
+                    desired_canaries: canaries,
+                    promoted: promoted || canaries == 0,
+                    ..Default::default()
+                };
+                (tg.name.clone(), state)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut marked: std::collections::BTreeMap<String, i32> = std::collections::BTreeMap::new();
+    for a in &mut world.allocs {
+        let current = a.job.as_deref().is_some_and(|j| j.version == job.version);
+        if !current {
+            continue;
+        }
+        a.deployment_id = id.clone();
+        let n = marked.entry(a.task_group.clone()).or_default();
+        if *n < canaries && !promoted {
+            *n += 1;
+            a.deployment_status
+                .get_or_insert_with(Default::default)
+                .canary = true;
+        }
+    }
+    world.deployments.push(d.clone());
+    d
+}
+
 /// A compact view of a world for failure messages.
 fn summarize(world: &World) -> Vec<String> {
     let mut lines: Vec<String> = world
@@ -507,6 +565,58 @@ proptest! {
     ) {
         let job = build_job(&spec);
         check(build_world(&job, &node_specs, &alloc_specs))?;
+    }
+
+    #[test]
+    fn a_halted_deployment_starts_nothing_new(
+        spec in job_spec(&[JobType::Service]),
+        node_specs in proptest::collection::vec(node_spec(), NODES),
+        alloc_specs in proptest::collection::vec(alloc_spec(), 0..10),
+        failed in any::<bool>(),
+        canaries in 0..3i32,
+        promoted in any::<bool>(),
+    ) {
+        let job = build_job(&spec);
+        let mut world = build_world(&job, &node_specs, &alloc_specs);
+        let d = halted_deployment(&job, &mut world, failed, canaries, promoted);
+        let before = world.clone();
+        let plan = world.reconcile();
+
+        prop_assert!(plan.deployment.is_none(), "a halted deployment is not replaced: {plan:#?}");
+        prop_assert!(plan.deployment_updates.is_empty(), "{plan:#?}");
+        prop_assert!(plan.destructive_update.is_empty(), "{plan:#?}");
+        for p in &plan.place {
+            prop_assert!(
+                !p.canary || p.is_reschedule() == (p.previous_alloc.is_some() && !failed),
+                "canary placed: {p:#?}"
+            );
+            prop_assert!(p.reason != PlaceReason::New && p.reason != PlaceReason::Canary, "{p:#?}");
+            if failed && p.is_reschedule() {
+                let prev = p.previous_alloc.as_ref().expect("a reschedule replaces");
+                let prev = before.allocs.iter().find(|a| &a.id == prev).expect("known");
+                prop_assert!(prev.deployment_id != d.id, "failed deployment's alloc rescheduled: {p:#?}");
+            }
+        }
+        let stopped: BTreeSet<&AllocId> = plan.stop.iter().map(|s| &s.alloc_id).collect();
+        for a in before.allocs.iter().filter(|a| a.is_canary() && !a.is_terminal()) {
+            let promoted_group = d.task_groups.get(&a.task_group).is_some_and(|g| g.promoted);
+            if failed && !promoted_group {
+                prop_assert!(stopped.contains(&a.id), "unpromoted canary {} of a failed deployment kept", a.id);
+            }
+        }
+
+        world.apply(&plan);
+        for tg in &job.task_groups {
+            let bound = usize::try_from(tg.count + canaries).unwrap_or(0);
+            let running = desired_running(&world, &tg.name);
+            prop_assert!(running <= bound, "group {} runs {running} > {bound}: {plan:#?}", tg.name);
+        }
+        let again = world.reconcile();
+        prop_assert!(
+            again.is_empty() && !again.changes_deployments(),
+            "second plan not empty: {again:#?}\nfirst plan: {plan:#?}\nworld before: {:#?}",
+            summarize(&before)
+        );
     }
 
     #[test]

@@ -1239,6 +1239,8 @@ fn run_system(
         nodes: &nodes,
         eligible_nodes: &eligible,
         now: NOW,
+        deployment: None,
+        new_deployment_id: &caravan_schemas::DeploymentId::new(NEW_DEPLOYMENT),
     })
 }
 
