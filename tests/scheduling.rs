@@ -7,7 +7,9 @@
 mod support;
 
 use caravan::server::writes_nodes::HeartbeatConfig;
-use caravan::server::{Identity, Options, Server, job_controller, node_controller};
+use caravan::server::{
+    Identity, Options, Server, deployment_controller, job_controller, node_controller,
+};
 use caravan::store::{self, StoreSpec};
 use caravan_schemas::alloc::Allocation;
 use caravan_schemas::eval::EvalStatus;
@@ -55,6 +57,7 @@ async fn cluster() -> Cluster {
     let leadership = server.start_membership();
     job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     node_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    deployment_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     tokio::spawn(caravan::api::serve(
         Arc::clone(&server),
         listener,

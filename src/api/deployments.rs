@@ -7,7 +7,10 @@ use super::{ApiError, Reply, Request, block_on, find_by_prefix, not_found};
 use crate::server::Server;
 use crate::server::cache::Snapshot;
 use crate::server::objects::Kind;
+use crate::server::writes_deployments::DeploymentAction;
+use caravan_schemas::AllocId;
 use caravan_schemas::deployment::Deployment;
+use serde::Deserialize;
 use std::sync::Arc;
 use warp::http::Method;
 
@@ -16,7 +19,10 @@ pub async fn route(server: &Server, req: &Request, segs: &[&str]) -> Result<Repl
         (&Method::GET, ["deployments"]) => list(server, req).await,
         (&Method::GET, ["deployment", "allocations", id]) => allocations(server, req, id).await,
         (&Method::GET, ["deployment", id]) => read(server, req, id).await,
-        (_, ["deployments"] | ["deployment", _] | ["deployment", "allocations", _]) => {
+        (&Method::POST | &Method::PUT, ["deployment", verb, id]) => {
+            act(server, req, verb, id).await
+        }
+        (_, ["deployments"] | ["deployment", _] | ["deployment", _, _]) => {
             Err(ApiError::MethodNotAllowed)
         }
         _ => Err(not_found(segs)),
@@ -114,4 +120,64 @@ pub async fn latest_for_job(server: &Server, req: &Request, job: &str) -> Result
     .await?;
     let latest = job_deployments(&snap, req, job).first().copied();
     Reply::json(&latest, index)
+}
+
+/// The body of the deployment writes (Nomad's `DeploymentPromoteRequest`,
+/// `DeploymentPauseRequest`, `DeploymentAllocHealthRequest`, `DeploymentFailRequest`).
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "PascalCase", default)]
+struct ActionRequest {
+    #[serde(rename = "DeploymentID")]
+    deployment_id: String,
+    all: bool,
+    groups: Option<Vec<String>>,
+    pause: bool,
+    #[serde(rename = "HealthyAllocationIDs")]
+    healthy_allocation_ids: Option<Vec<String>>,
+    #[serde(rename = "UnhealthyAllocationIDs")]
+    unhealthy_allocation_ids: Option<Vec<String>>,
+}
+
+/// `POST /v1/deployment/{promote,fail,pause,allocation-health}/:id`.
+async fn act(server: &Server, req: &Request, verb: &str, id: &str) -> Result<Reply, ApiError> {
+    let body: ActionRequest = if req.has_body() {
+        req.json()?
+    } else {
+        ActionRequest::default()
+    };
+    let snap = server.cache.deployments.snapshot();
+    let deployment = find(server, &snap, req, id)?;
+    if !body.deployment_id.is_empty() && body.deployment_id != deployment.id.as_str() {
+        return Err(ApiError::BadRequest("Deployment ID does not match".into()));
+    }
+    let action = match verb {
+        "promote" => DeploymentAction::Promote(match (body.all, body.groups) {
+            (true, _) | (false, None) => None,
+            (false, Some(groups)) if groups.is_empty() => None,
+            (false, Some(groups)) => Some(groups),
+        }),
+        "fail" => DeploymentAction::Fail,
+        "pause" => DeploymentAction::Pause(body.pause),
+        "allocation-health" => DeploymentAction::SetHealth {
+            healthy: ids(body.healthy_allocation_ids),
+            unhealthy: ids(body.unhealthy_allocation_ids),
+        },
+        _ => return Err(not_found(&["deployment", verb, id])),
+    };
+    let done = server
+        .deployment_action(
+            deployment.namespace.as_str(),
+            deployment.id.as_str(),
+            action,
+        )
+        .await?;
+    let index = done.index;
+    Reply::json(&done, index)
+}
+
+fn ids(list: Option<Vec<String>>) -> Vec<AllocId> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(AllocId::from)
+        .collect()
 }

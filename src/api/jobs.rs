@@ -31,6 +31,8 @@ pub async fn route(server: &Server, req: &Request, segs: &[&str]) -> Result<Repl
         (&Method::POST | &Method::PUT, ["job", id, "evaluate"]) => evaluate(server, req, id).await,
         (&Method::POST | &Method::PUT, ["job", id, "scale"]) => scale(server, req, id).await,
         (&Method::GET, ["job", id, "scale"]) => scale_status(server, req, id).await,
+        (&Method::POST | &Method::PUT, ["job", id, "revert"]) => revert(server, req, id).await,
+        (&Method::POST | &Method::PUT, ["job", id, "stable"]) => stable(server, req, id).await,
         (&Method::GET, ["job", id, "deployments"]) => {
             super::deployments::for_job(server, req, id).await
         }
@@ -428,6 +430,60 @@ struct ScaleRequest {
     count: Option<i64>,
     #[serde(default)]
     target: BTreeMap<String, String>,
+}
+
+/// `POST /v1/job/:id/revert` (Nomad's `JobRevertRequest`).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "PascalCase")]
+struct RevertRequest {
+    #[serde(rename = "JobID", default)]
+    job_id: String,
+    job_version: u64,
+    #[serde(default)]
+    enforce_prior_version: Option<u64>,
+}
+
+async fn revert(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
+    let body: RevertRequest = req.json()?;
+    if !body.job_id.is_empty() && body.job_id != id {
+        return Err(ApiError::BadRequest("Job ID does not match".into()));
+    }
+    let done = server
+        .revert_job(
+            &Namespace::new(req.namespace()),
+            &JobId::new(id),
+            body.job_version,
+            body.enforce_prior_version,
+        )
+        .await?;
+    let index = done.index;
+    Reply::json(&RegisterResponse::from(done), index)
+}
+
+/// `POST /v1/job/:id/stable` (Nomad's `JobStabilityRequest`).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "PascalCase")]
+struct StableRequest {
+    #[serde(rename = "JobID", default)]
+    job_id: String,
+    job_version: u64,
+    stable: bool,
+}
+
+async fn stable(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {
+    let body: StableRequest = req.json()?;
+    if !body.job_id.is_empty() && body.job_id != id {
+        return Err(ApiError::BadRequest("Job ID does not match".into()));
+    }
+    let index = server
+        .set_job_stability(
+            &Namespace::new(req.namespace()),
+            &JobId::new(id),
+            body.job_version,
+            body.stable,
+        )
+        .await?;
+    Reply::json(&serde_json::json!({ "Index": index }), index)
 }
 
 async fn scale(server: &Server, req: &Request, id: &str) -> Result<Reply, ApiError> {

@@ -86,6 +86,11 @@ impl Request {
         self.param("prefix").unwrap_or("")
     }
 
+    /// Whether the request has a body at all (some writes take an optional one).
+    pub fn has_body(&self) -> bool {
+        !self.body.iter().all(u8::is_ascii_whitespace)
+    }
+
     /// The JSON body, decoded; an empty body is a 400 as in Nomad. Keys match the request
     /// type's field names case-insensitively, as Go's decoder matches them ([`casefold`]).
     pub fn json<T: serde::de::DeserializeOwned + schemars::JsonSchema + 'static>(

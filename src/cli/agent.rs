@@ -282,6 +282,10 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
         crate::server::job_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     let _nodes =
         crate::server::node_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    let _deployments = crate::server::deployment_controller::start(
+        Arc::clone(&server),
+        leadership.is_leader.clone(),
+    );
     crate::server::compactor::start(
         Arc::clone(&server),
         leadership.is_leader.clone(),

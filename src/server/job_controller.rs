@@ -15,11 +15,15 @@ use super::objects::{Index, Kind, Object, job_index};
 use super::runtime::{self, Controller, Next, WorkQueue};
 use super::writes::{new_eval, now_nanos};
 use crate::store::{Compare, Op, Txn};
+use caravan_controllers::deployment::StatusUpdate;
 use caravan_controllers::reconcile::{self, Input, NodeView, Plan};
 use caravan_controllers::scheduler::{Scheduler, SelectOptions};
-use caravan_schemas::alloc::{AllocMetric, Allocation, ClientStatus, DesiredStatus};
+use caravan_schemas::alloc::{
+    AllocDeploymentStatus, AllocMetric, Allocation, ClientStatus, DesiredStatus,
+};
+use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::{EvalStatus, Evaluation, TriggeredBy};
-use caravan_schemas::ids::{AllocId, EvalId};
+use caravan_schemas::ids::{AllocId, DeploymentId, EvalId};
 use caravan_schemas::job::{Job, JobType};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -166,6 +170,24 @@ fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
             }
         }
     });
+    // A deployment promoted, paused, resumed or failed changes what a job may place.
+    let ctl = Arc::clone(c);
+    cache::follow(
+        &cache.deployments,
+        span("deployments"),
+        move |changes| match changes {
+            Some(changes) => {
+                for d in changes
+                    .iter()
+                    .filter_map(|ch| ch.new.as_ref().or(ch.old.as_ref()))
+                {
+                    ctl.queue
+                        .add(job_index(d.namespace.as_str(), d.job_id.as_str()));
+                }
+            }
+            None => ctl.enqueue_all(),
+        },
+    );
     let ctl = Arc::clone(c);
     cache::follow(&cache.nodes, span("nodes"), move |changes| {
         let Some(changes) = changes else {
@@ -216,6 +238,8 @@ fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
 struct Writes {
     /// Allocations to create or update, with the mod revision they were read at (0 = new).
     allocs: Vec<(Allocation, i64)>,
+    /// Deployments to create or update, likewise.
+    deployments: Vec<(Deployment, i64)>,
     evals: Vec<Evaluation>,
     job: Option<Job>,
     /// Placements recorded in the scheduler, undone if the writes fail.
@@ -256,6 +280,8 @@ impl Controller for JobController {
             .collect();
         let node_snap = server.cache.nodes.snapshot();
         let nodes = NodeView::index(node_snap.objects.values().map(AsRef::as_ref));
+        let deployment = server.latest_deployment(namespace, id);
+        let new_deployment_id = DeploymentId::random();
 
         // Decide and place under the scheduler's lock; write after releasing it.
         let (plan, writes) = {
@@ -272,14 +298,16 @@ impl Controller for JobController {
                 nodes: &nodes,
                 eligible_nodes: &eligible,
                 now,
+                deployment: deployment.as_deref(),
+                new_deployment_id: &new_deployment_id,
             });
             let status_changes = job
                 .as_ref()
                 .is_some_and(|j| j.status != plan.job_status.as_str());
             let pending = open_evals.iter().any(|e| e.status == EvalStatus::Pending);
-            if plan.is_empty() && !pending && !status_changes {
+            if plan.is_empty() && !plan.changes_deployments() && !pending && !status_changes {
                 // Something may still be blocked: placements are retried when capacity changes.
-                return Ok(wake(plan.wake_at, now));
+                return Ok(Next::at(plan.wake_at, now));
             }
             let placer = Placer {
                 seed: &self.seed,
@@ -287,9 +315,12 @@ impl Controller for JobController {
             };
             let writes = compute(
                 &placer,
-                job.as_deref(),
-                &allocs,
-                &open_evals,
+                &State {
+                    job: job.as_deref(),
+                    allocs: &allocs,
+                    open_evals: &open_evals,
+                    deployment: deployment.as_deref(),
+                },
                 &plan,
                 &mut sched,
                 now,
@@ -300,7 +331,7 @@ impl Controller for JobController {
         match self.apply(job.as_deref(), writes).await {
             Ok(revision) => {
                 server.cache.wait_for(revision, SETTLE).await;
-                Ok(wake(plan.wake_at, now))
+                Ok(Next::at(plan.wake_at, now))
             }
             Err(e) => {
                 let mut sched = self.scheduler();
@@ -310,16 +341,6 @@ impl Controller for JobController {
                 Err(e)
             }
         }
-    }
-}
-
-fn wake(at: Option<i64>, now: i64) -> Next {
-    match at {
-        Some(at) => Next::After(
-            Duration::from_nanos(u64::try_from((at - now).max(0)).unwrap_or(0))
-                + Duration::from_millis(10),
-        ),
-        None => Next::Idle,
     }
 }
 
@@ -350,16 +371,32 @@ struct Placer<'a> {
     metrics: Option<&'a crate::metrics::ControllerMetrics>,
 }
 
+/// What one reconcile read: the job, its allocations, open evaluations and latest deployment.
+struct State<'a> {
+    job: Option<&'a Job>,
+    allocs: &'a [Allocation],
+    open_evals: &'a [Evaluation],
+    deployment: Option<&'a Deployment>,
+}
+
 fn compute(
     placer: &Placer<'_>,
-    job: Option<&Job>,
-    allocs: &[Allocation],
-    open_evals: &[Evaluation],
+    state: &State<'_>,
     plan: &Plan,
     sched: &mut Scheduler,
     now: i64,
 ) -> Writes {
-    let mut w = Writes::default();
+    let State {
+        job,
+        allocs,
+        open_evals,
+        deployment,
+    } = *state;
+    let mut w = Writes {
+        deployments: deployment_writes(deployment, plan, now),
+        ..Writes::default()
+    };
+    let joins = plan.deployment_id.clone().unwrap_or_default();
     let by_id: HashMap<&AllocId, &Allocation> = allocs.iter().map(|a| (&a.id, a)).collect();
     let mut updated: BTreeMap<AllocId, Allocation> = BTreeMap::new();
     let mut touch = |id: &AllocId, f: &mut dyn FnMut(&mut Allocation)| {
@@ -423,6 +460,11 @@ fn compute(
         for id in &plan.inplace_update {
             touch(id, &mut |a| {
                 a.job = Some(std::sync::Arc::new(job.clone()));
+                if a.deployment_id != joins {
+                    // Its health is decided again, for the new deployment.
+                    a.deployment_id = joins.clone();
+                    a.deployment_status = None;
+                }
                 a.modify_time = now;
             });
         }
@@ -444,7 +486,25 @@ fn compute(
             .map(|p| (p, None))
             .chain(plan.destructive_update.iter().map(|d| (&d.place, Some(d))));
         for (place, destructive) in work {
-            let Some(group) = job.group(&place.group) else {
+            // A replacement that keeps an older version runs the job its predecessor ran.
+            let version = match place.job_version {
+                None => Some(&snapshot),
+                Some(v) => place
+                    .previous_alloc
+                    .as_ref()
+                    .and_then(|prev| by_id.get(prev))
+                    .and_then(|a| a.job.as_ref())
+                    .filter(|j| j.version == v),
+            };
+            let Some(version) = version else {
+                tracing::warn!(
+                    group = place.group,
+                    name = place.name,
+                    "placement of an older job version without that version at hand; skipped"
+                );
+                continue;
+            };
+            let Some(group) = version.group(&place.group) else {
                 continue;
             };
             let old = destructive.and_then(|d| by_id.get(&d.alloc_id).copied());
@@ -460,8 +520,8 @@ fn compute(
             };
             let started = std::time::Instant::now();
             let result = match &place.node {
-                Some(node) => sched.select_node(job, group, node, &opts),
-                None => sched.select(job, group, &opts),
+                Some(node) => sched.select_node(version, group, node, &opts),
+                None => sched.select(version, group, &opts),
             };
             if let Some(m) = placer.metrics {
                 m.placed(result.is_ok(), started.elapsed());
@@ -526,8 +586,17 @@ fn compute(
                     node_id: p.node_id,
                     node_name: p.node_name,
                     job_id: job.id.clone(),
-                    job: Some(std::sync::Arc::clone(&snapshot)),
+                    job: Some(std::sync::Arc::clone(version)),
                     task_group: place.group.clone(),
+                    deployment_id: if place.job_version.is_none() {
+                        joins.clone()
+                    } else {
+                        DeploymentId::default()
+                    },
+                    deployment_status: place.canary.then(|| AllocDeploymentStatus {
+                        canary: true,
+                        ..AllocDeploymentStatus::default()
+                    }),
                     allocated_resources: Some(p.resources),
                     metrics: Some(p.metric),
                     desired_status: DesiredStatus::Run,
@@ -597,6 +666,9 @@ fn compute(
         };
         e.queued_allocations = queued.clone();
         e.blocked_eval = blocked_id.clone();
+        if e.deployment_id.is_empty() {
+            e.deployment_id = joins.clone();
+        }
         if let Some(j) = job {
             e.job_modify_index = j.job_modify_index;
         }
@@ -629,6 +701,30 @@ fn compute(
     w
 }
 
+/// The deployment the plan creates, and the latest one with the plan's status updates applied,
+/// each with the revision it was read at (0 = new).
+fn deployment_writes(latest: Option<&Deployment>, plan: &Plan, now: i64) -> Vec<(Deployment, i64)> {
+    let mut out = Vec::new();
+    if let Some(latest) = latest
+        && !plan.deployment_updates.is_empty()
+    {
+        let mut d = latest.clone();
+        // An update the deployment refuses (it ended meanwhile) leaves it as it is.
+        let applied = plan
+            .deployment_updates
+            .iter()
+            .filter(|u| u.deployment_id == latest.id)
+            .all(|u: &StatusUpdate| u.apply(&mut d, now).is_ok());
+        if applied {
+            out.push((d, latest.modify_index));
+        }
+    }
+    if let Some(created) = &plan.deployment {
+        out.push((created.clone(), 0));
+    }
+    out
+}
+
 impl JobController {
     /// Writes in transactions no larger than the store takes, each fenced by leadership and
     /// guarded by the job's revision and each updated allocation's. Returns the last revision.
@@ -656,6 +752,16 @@ impl JobController {
                 }
                 current.1.push(op);
             };
+        // Deployments first: the allocations that join one name it.
+        for (d, rev) in &writes.deployments {
+            let key = d.key(keys);
+            let compare = if *rev == 0 {
+                Compare::absent(key.clone())
+            } else {
+                Compare::unchanged(key.clone(), *rev)
+            };
+            push(Some(compare), Op::put(key, encode(d)?), &mut batches);
+        }
         for (alloc, rev) in &writes.allocs {
             let key = alloc.key(keys);
             let compare = if *rev == 0 {
@@ -735,6 +841,7 @@ pub fn dry_run(server: &Server, proposed: &Job) -> DryRun {
         .collect();
     let node_snap = server.cache.nodes.snapshot();
     let nodes = NodeView::index(node_snap.objects.values().map(AsRef::as_ref));
+    let deployment = server.latest_deployment(proposed.namespace.as_str(), proposed.id.as_str());
     let mut sched = build_scheduler(server);
     let eligible = if matches!(job.r#type, JobType::System | JobType::Sysbatch) {
         sched.eligible_nodes(&job)
@@ -747,15 +854,20 @@ pub fn dry_run(server: &Server, proposed: &Job) -> DryRun {
         nodes: &nodes,
         eligible_nodes: &eligible,
         now,
+        deployment: deployment.as_deref(),
+        new_deployment_id: &DeploymentId::random(),
     });
     let writes = compute(
         &Placer {
             seed: &AtomicU64::new(now.unsigned_abs()),
             metrics: None,
         },
-        Some(&job),
-        &allocs,
-        &[],
+        &State {
+            job: Some(&job),
+            allocs: &allocs,
+            open_evals: &[],
+            deployment: deployment.as_deref(),
+        },
         &plan,
         &mut sched,
         now,

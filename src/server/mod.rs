@@ -2,12 +2,14 @@
 //! membership. Writes go straight to the store; reads come from the cache.
 pub mod cache;
 pub mod compactor;
+pub mod deployment_controller;
 pub mod job_controller;
 pub mod leader;
 pub mod node_controller;
 pub mod objects;
 pub mod runtime;
 pub mod writes;
+pub mod writes_deployments;
 pub mod writes_nodes;
 
 use crate::store::Store;

@@ -114,6 +114,20 @@ pub enum Next {
     After(Duration),
 }
 
+impl Next {
+    /// Run again at `at` (Unix nanoseconds; a little after, so the deadline has passed), or
+    /// only when something changes.
+    pub fn at(at: Option<i64>, now: i64) -> Next {
+        match at {
+            Some(at) => Next::After(
+                Duration::from_nanos(u64::try_from((at - now).max(0)).unwrap_or(0))
+                    + Duration::from_millis(10),
+            ),
+            None => Next::Idle,
+        }
+    }
+}
+
 /// A level-triggered controller: told only *which* key to look at, never why.
 #[async_trait::async_trait]
 pub trait Controller: Send + Sync + 'static {

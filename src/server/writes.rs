@@ -93,7 +93,24 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, WriteError> {
 }
 
 impl Server {
-    async fn read_job(
+    /// Writing a new version of a job: the job, its version record, and dropping the version
+    /// that falls out of the tracked history.
+    pub(super) fn new_version_ops(&self, next: &Job) -> Result<Vec<Op>, WriteError> {
+        let mut ops = vec![
+            Op::put(next.key(&self.keys), json(next)?),
+            Op::put(JobVersion(next.clone()).key(&self.keys), json(next)?),
+        ];
+        if next.version >= TRACKED_VERSIONS {
+            ops.push(Op::delete(self.keys.job_version(
+                next.namespace.as_str(),
+                next.id.as_str(),
+                next.version - TRACKED_VERSIONS,
+            )));
+        }
+        Ok(ops)
+    }
+
+    pub(super) async fn read_job(
         &self,
         namespace: &str,
         id: &str,
@@ -188,21 +205,11 @@ impl Server {
                 Some((_, rev)) => Compare::unchanged(key.clone(), *rev),
                 None => Compare::absent(key.clone()),
             };
-            let mut ops = vec![Op::put(key.clone(), json(&next)?)];
-            if changed {
-                ops.push(Op::put(
-                    JobVersion(next.clone()).key(&self.keys),
-                    json(&next)?,
-                ));
-                if next.version >= TRACKED_VERSIONS {
-                    let oldest = next.version - TRACKED_VERSIONS;
-                    ops.push(Op::delete(self.keys.job_version(
-                        next.namespace.as_str(),
-                        next.id.as_str(),
-                        oldest,
-                    )));
-                }
-            }
+            let mut ops = if changed {
+                self.new_version_ops(&next)?
+            } else {
+                vec![Op::put(key.clone(), json(&next)?)]
+            };
             ops.push(Op::put(eval.key(&self.keys), json(&eval)?));
             let resp = self
                 .store
@@ -256,19 +263,7 @@ impl Server {
                 next.version = old.version + 1;
                 next.job_modify_index = 0;
                 next.submit_time = now;
-                ops.push(Op::put(key.clone(), json(&next)?));
-                ops.push(Op::put(
-                    JobVersion(next.clone()).key(&self.keys),
-                    json(&next)?,
-                ));
-                if next.version >= TRACKED_VERSIONS {
-                    let oldest = next.version - TRACKED_VERSIONS;
-                    ops.push(Op::delete(self.keys.job_version(
-                        namespace.as_str(),
-                        id.as_str(),
-                        oldest,
-                    )));
-                }
+                ops.extend(self.new_version_ops(&next)?);
             }
             ops.push(Op::put(eval.key(&self.keys), json(&eval)?));
             let resp = self

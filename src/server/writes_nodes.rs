@@ -19,7 +19,7 @@ use caravan_schemas::alloc::{
     DesiredStatus, TaskState,
 };
 use caravan_schemas::eval::{Evaluation, TriggeredBy};
-use caravan_schemas::ids::{AllocId, CheckId, EvalId, JobId, Namespace, NodeId};
+use caravan_schemas::ids::{AllocId, CheckId, DeploymentId, EvalId, JobId, Namespace, NodeId};
 use caravan_schemas::job::{Job, JobType};
 use caravan_schemas::node::{
     DrainMetadata, DrainSpec, DrainStatus, DrainStrategy, Node, NodeEvent, NodeStatus,
@@ -165,6 +165,10 @@ pub struct AllocUpdate {
     pub network_status: Option<AllocNetworkStatus>,
     /// The latest result of each service check (a Caravan extension).
     pub check_results: Option<BTreeMap<CheckId, CheckQueryResult>>,
+    /// The deployment the client decided `deployment_status`'s health for: a verdict for a
+    /// deployment the allocation has left (an in-place update moved it) is ignored.
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: Option<DeploymentId>,
 }
 
 /// What a batch of allocation updates did.
@@ -1175,7 +1179,15 @@ pub fn merge_client_fields(alloc: &mut Allocation, u: &AllocUpdate) {
     if let Some(c) = &u.check_results {
         alloc.check_results = c.clone();
     }
-    if let Some(new) = u.deployment_status.as_ref().filter(|d| d.has_health()) {
+    let current_deployment = u
+        .deployment_id
+        .as_ref()
+        .is_none_or(|d| *d == alloc.deployment_id);
+    if let Some(new) = u
+        .deployment_status
+        .as_ref()
+        .filter(|d| d.has_health() && current_deployment)
+    {
         match &mut alloc.deployment_status {
             Some(current) => {
                 if current.healthy != new.healthy {
