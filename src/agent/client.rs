@@ -272,10 +272,11 @@ async fn report(servers: Arc<Servers>, mut rx: mpsc::UnboundedReceiver<AllocRepo
                     "ClientDescription": r.client_description,
                     "TaskStates": r.task_states,
                     "CheckResults": r.check_results,
-                    "DeploymentStatus": r.deployment_health.map(|h| json!({
-                        "Healthy": h,
-                        "Timestamp": caravan_schemas::time::Timestamp::now(),
+                    "DeploymentStatus": r.deployment_health.as_ref().map(|h| json!({
+                        "Healthy": h.healthy,
+                        "Timestamp": h.at,
                     })),
+                    "DeploymentID": r.deployment_health.as_ref().map(|h| &h.deployment),
                 })
             })
             .collect();
@@ -335,7 +336,7 @@ async fn watch_allocs(servers: Arc<Servers>, node_id: String, ctx: Arc<Context>)
             let wants_run = alloc.desired_status == DesiredStatus::Run;
             match runners.get(&id) {
                 Some(runner) if !wants_run => runner.stop(),
-                Some(_) => {}
+                Some(runner) => runner.update(&alloc),
                 None if wants_run && !alloc.client_status.is_terminal() => {
                     tracing::info!(alloc = %alloc.id.short(), name = %alloc.name, "starting allocation");
                     runners.insert(id, runner::spawn(Arc::clone(&ctx), alloc));

@@ -15,7 +15,7 @@ use caravan_schemas::alloc::{
     Allocation, CheckQueryResult, ClientStatus, TaskEvent, TaskState, TaskStatus, event_types,
 };
 use caravan_schemas::duration::Duration as NomadDuration;
-use caravan_schemas::ids::CheckId;
+use caravan_schemas::ids::{CheckId, DeploymentId};
 use caravan_schemas::job::{Job, JobType, Task, TaskGroup};
 use caravan_schemas::node::Node;
 use caravan_schemas::time::Timestamp;
@@ -38,8 +38,17 @@ pub struct AllocReport {
     pub task_states: BTreeMap<String, TaskState>,
     /// The latest result of each service check.
     pub check_results: BTreeMap<CheckId, CheckQueryResult>,
-    /// The allocation's health once decided ([`super::health`]).
-    pub deployment_health: Option<bool>,
+    /// The allocation's health once decided ([`super::health`]), when, and for which
+    /// deployment (the servers ignore a verdict for a deployment the allocation has left).
+    pub deployment_health: Option<Verdict>,
+}
+
+/// An allocation's health as decided for one deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub healthy: bool,
+    pub at: Timestamp,
+    pub deployment: DeploymentId,
 }
 
 /// What every runner shares.
@@ -59,6 +68,9 @@ pub struct Context {
 pub struct AllocRunner {
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    /// The deployment the allocation belongs to: an in-place update that moves it to another
+    /// one has its health decided again.
+    deployment: watch::Sender<DeploymentId>,
 }
 
 impl AllocRunner {
@@ -71,16 +83,28 @@ impl AllocRunner {
     pub fn is_done(&self) -> bool {
         *self.done.borrow()
     }
+
+    /// The servers changed the allocation where it runs (an in-place update).
+    pub fn update(&self, alloc: &Allocation) {
+        self.deployment.send_if_modified(|d| {
+            let moved = *d != alloc.deployment_id;
+            if moved {
+                d.clone_from(&alloc.deployment_id);
+            }
+            moved
+        });
+    }
 }
 
 /// Starts running an allocation.
 pub fn spawn(ctx: Arc<Context>, alloc: Allocation) -> AllocRunner {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
+    let (deployment_tx, deployment_rx) = watch::channel(alloc.deployment_id.clone());
     let span = tracing::info_span!("alloc", id = %alloc.id.short(), name = %alloc.name);
     tokio::spawn(
         async move {
-            run_alloc(ctx, alloc, stop_rx).await;
+            run_alloc(ctx, alloc, stop_rx, deployment_rx).await;
             done_tx.send_replace(true);
         }
         .instrument(span),
@@ -88,6 +112,7 @@ pub fn spawn(ctx: Arc<Context>, alloc: Allocation) -> AllocRunner {
     AllocRunner {
         stop: stop_tx,
         done: done_rx,
+        deployment: deployment_tx,
     }
 }
 
@@ -122,7 +147,12 @@ fn client_status(states: &BTreeMap<String, TaskState>) -> (ClientStatus, &'stati
     }
 }
 
-async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<bool>) {
+async fn run_alloc(
+    ctx: Arc<Context>,
+    alloc: Allocation,
+    stop: watch::Receiver<bool>,
+    mut deployment: watch::Receiver<DeploymentId>,
+) {
     let Some(job) = alloc.job.clone() else {
         tracing::error!("allocation carries no job; nothing to run");
         return;
@@ -152,8 +182,14 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 .collect(),
         ));
     let check_results = checks::Results::seeded(&alloc.check_results);
-    let health: Arc<std::sync::Mutex<Option<bool>>> = Arc::new(std::sync::Mutex::new(
-        alloc.deployment_status.as_ref().and_then(|d| d.healthy),
+    let health: Arc<std::sync::Mutex<Option<Verdict>>> = Arc::new(std::sync::Mutex::new(
+        alloc.deployment_status.as_ref().and_then(|d| {
+            Some(Verdict {
+                healthy: d.healthy?,
+                at: d.timestamp,
+                deployment: alloc.deployment_id.clone(),
+            })
+        }),
     ));
     let report = {
         let (ctx, states, id) = (Arc::clone(&ctx), Arc::clone(&states), alloc.id.to_string());
@@ -168,7 +204,7 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 client_description: description.to_owned(),
                 task_states: states,
                 check_results: check_results.snapshot(),
-                deployment_health: *health.lock().unwrap_or_else(|p| p.into_inner()),
+                deployment_health: health.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             });
         }
     };
@@ -197,10 +233,10 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
             changed.send_modify(|n| *n = n.wrapping_add(1));
         })
     };
-    // Service groups with an update block: decide the allocation's health for rollouts.
+    // Service groups with an update block: decide the allocation's health for rollouts, and
+    // again whenever an in-place update moves it to another deployment.
     let rule = health::Rule::of(&group).filter(|_| job.r#type == JobType::Service);
-    let undecided = health.lock().unwrap_or_else(|p| p.into_inner()).is_none();
-    if let (Some(rule), true) = (rule, undecided) {
+    if let Some(rule) = rule {
         let (states, results, group, report) = (
             Arc::clone(&states),
             check_results.clone(),
@@ -216,13 +252,29 @@ async fn run_alloc(ctx: Arc<Context>, alloc: Allocation, stop: watch::Receiver<b
                 &rule,
             )
         };
-        let (changed, stop, health) = (changed.subscribe(), stop.clone(), Arc::clone(&health));
+        let (changed, mut stop, health) = (Arc::clone(&changed), stop.clone(), Arc::clone(&health));
         tokio::spawn(
             async move {
-                if let Some(verdict) = health::track(rule, look, changed, stop).await {
-                    tracing::info!(healthy = verdict, "allocation health decided");
-                    *health.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
-                    report();
+                loop {
+                    let undecided = health.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+                    if undecided {
+                        let verdict =
+                            health::track(rule, &look, changed.subscribe(), stop.clone()).await;
+                        let Some(healthy) = verdict else { return };
+                        tracing::info!(healthy, "allocation health decided");
+                        *health.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verdict {
+                            healthy,
+                            at: Timestamp::now(),
+                            deployment: deployment.borrow().clone(),
+                        });
+                        report();
+                    }
+                    tokio::select! {
+                        moved = deployment.changed() => if moved.is_err() { return },
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    tracing::info!(deployment = %deployment.borrow().short(), "allocation joined another deployment; deciding its health again");
+                    *health.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
             }
             .instrument(tracing::info_span!("alloc_health")),
