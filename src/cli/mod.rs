@@ -39,7 +39,8 @@ pub struct Cli {
 enum Command {
     /// Run a Caravan agent: a server, a client, or both (-dev).
     Agent(agent::AgentArgs),
-    /// Work with jobs: init, validate, inspect, run, plan, stop, status, history, scale.
+    /// Work with jobs: init, validate, inspect, run, plan, stop, status, history, scale, promote,
+    /// revert.
     #[command(subcommand)]
     Job(job::JobCommand),
     /// List jobs, or show whatever an ID names (job, allocation, node or evaluation).
@@ -301,6 +302,11 @@ mod tests {
             ],
             &["caravan", "deployment", "pause", "abcd"],
             &["caravan", "deployment", "resume", "-detach", "abcd"],
+            &["caravan", "job", "promote", "-group", "web", "example"],
+            &["caravan", "job", "promote", "-detach", "example"],
+            &[
+                "caravan", "job", "revert", "-detach", "-verbose", "example", "1",
+            ],
             &[
                 "caravan",
                 "server",
@@ -332,6 +338,8 @@ mod tests {
         );
         assert!(parse(&["caravan", "deployment", "pause", "-detach", "abcd"]).is_err());
         assert!(parse(&["caravan", "deployment", "promote"]).is_err());
+        assert!(parse(&["caravan", "job", "revert", "example"]).is_err());
+        assert!(parse(&["caravan", "job", "revert", "example", "v1"]).is_err());
     }
 
     #[test]
@@ -355,6 +363,19 @@ mod tests {
                 assert_eq!(a.groups, ["web", "api"]);
                 assert_eq!(a.id, "abcd");
                 assert!(!a.detach);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["caravan", "job", "revert", "-detach", "web", "3"]) {
+            Command::Job(job::JobCommand::Revert(a)) => {
+                assert_eq!((a.id.as_str(), a.version, a.detach), ("web", 3, true));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["caravan", "job", "promote", "web"]) {
+            Command::Job(job::JobCommand::Promote(a)) => {
+                assert!(a.groups.is_empty());
+                assert_eq!(a.id, "web");
             }
             other => panic!("{other:?}"),
         }
