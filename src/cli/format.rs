@@ -336,17 +336,66 @@ pub fn alloc_list(allocs: &[AllocationListStub], verbose: bool, now: i64) -> Str
     table(header, &rows)
 }
 
-/// A deployment's `ID/Status/Description` block and its `Deployed` table, with the optional
-/// columns only when some group uses them (Nomad's `formatDeployment`).
+/// A deployment's `ID/Status/Description` block and its `Deployed` table, as `job status`
+/// shows the latest deployment (Nomad's `formatLatestDeployment`).
 pub fn deployment_block(d: &Deployment, verbose: bool) -> String {
     let mut out = kv(&[
         ("ID", short_id(d.id.as_str(), verbose)),
         ("Status", d.status.as_str()),
         ("Description", d.status_description.as_str()),
     ]);
-    if d.task_groups.is_empty() {
-        return out;
+    if !d.task_groups.is_empty() {
+        section(&mut out, "Deployed", &deployment_groups(d));
     }
+    out
+}
+
+/// `deployment status <id>`: `ID/Job ID/Job Version/Status/Description` and the `Deployed`
+/// table (Nomad's `formatDeployment`).
+pub fn deployment_status(d: &Deployment, verbose: bool) -> String {
+    let version = d.job_version.to_string();
+    let mut out = kv(&[
+        ("ID", short_id(d.id.as_str(), verbose)),
+        ("Job ID", d.job_id.as_str()),
+        ("Job Version", version.as_str()),
+        ("Status", d.status.as_str()),
+        ("Description", d.status_description.as_str()),
+    ]);
+    if !d.task_groups.is_empty() {
+        section(&mut out, "Deployed", &deployment_groups(d));
+    }
+    out
+}
+
+/// Deployments newest first: `ID  Job ID  Job Version  Status  Description`; `No deployments
+/// found` when there are none (Nomad's `formatDeployments`).
+pub fn deployment_list(deployments: &[Deployment], verbose: bool) -> String {
+    if deployments.is_empty() {
+        return "No deployments found".into();
+    }
+    let mut sorted: Vec<&Deployment> = deployments.iter().collect();
+    sorted.sort_by_key(|d| std::cmp::Reverse(d.create_index));
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|d| {
+            vec![
+                short_id(d.id.as_str(), verbose).to_owned(),
+                d.job_id.to_string(),
+                d.job_version.to_string(),
+                d.status.to_string(),
+                d.status_description.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "Job ID", "Job Version", "Status", "Description"],
+        &rows,
+    )
+}
+
+/// The `Deployed` table, with the optional columns only when some group uses them (Nomad's
+/// `formatDeploymentGroups`).
+pub fn deployment_groups(d: &Deployment) -> String {
     let auto_revert = d.task_groups.values().any(|g| g.auto_revert);
     let canaries = d.task_groups.values().any(|g| g.desired_canaries > 0);
     let deadline = d
@@ -398,8 +447,7 @@ pub fn deployment_block(d: &Deployment, verbose: bool) -> String {
             row
         })
         .collect();
-    section(&mut out, "Deployed", &table(&header, &rows));
-    out
+    table(&header, &rows)
 }
 
 #[cfg(test)]

@@ -1,18 +1,21 @@
-//! `caravan job …`: init, validate, inspect, run, plan, stop, status, history, scale.
+//! `caravan job …`: init, validate, inspect, run, plan, stop, status, history, scale, promote,
+//! revert.
 
 use super::CliError;
 use super::conn::{self, Answer, ApiArgs, Resolved, block_on, err};
+use super::deploy_monitor::{await_job_deployment, monitor_deployment};
+use super::deployment::{self, Follow};
 use super::diff::{job_diff_text, plan_text};
 use super::format::{
     self, alloc_list, alloc_metrics, deployment_block, format_time, id_length, job_list,
     job_status, kv, now_nanos, section, table,
 };
-use super::monitor::monitor_eval;
-use crate::client::{Client, ClientError, JobRegisterResponse};
+use super::monitor::{Outcome, monitor_eval};
+use crate::client::{Client, ClientError, Config, JobRegisterResponse};
 use caravan_schemas::alloc::AllocationListStub;
 use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::{EvalStatus, Evaluation};
-use caravan_schemas::job::{Job, JobSummary};
+use caravan_schemas::job::{Job, JobSummary, JobType};
 use caravan_schemas::jobspec::{self, Document, VarFile, VariableInputs};
 use caravan_schemas::plan::{JobDiff, JobPlanResponse, annotate, job_diff};
 use clap::{Args, Subcommand};
@@ -55,6 +58,10 @@ pub enum JobCommand {
     History(HistoryArgs),
     /// Change the count of a job's task group.
     Scale(ScaleArgs),
+    /// Promote the canaries of a job's latest deployment.
+    Promote(JobPromoteArgs),
+    /// Register an earlier version of a job again, and follow its rollout.
+    Revert(RevertArgs),
 }
 
 /// `-var k=v` and `-var-file F`, for jobspecs with `variable` blocks.
@@ -227,6 +234,40 @@ pub struct ScaleArgs {
     pub args: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct JobPromoteArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Promote only this group (repeatable); by default every group is promoted.
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Return after promoting, without following the deployment.
+    #[arg(long)]
+    pub detach: bool,
+    /// Show full ids.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The job's ID or a prefix of it.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct RevertArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Return after submitting, without monitoring the evaluation and the deployment.
+    #[arg(long)]
+    pub detach: bool,
+    /// Show full ids.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The job's ID or a prefix of it.
+    pub id: String,
+    /// The version to revert to (see `job history`).
+    pub version: u64,
+}
+
 /// Reads a job file, or standard input for `-`.
 pub fn read_source(file: &str) -> Result<(String, String), CliError> {
     if file == "-" {
@@ -268,6 +309,8 @@ pub fn run(cmd: JobCommand) -> Result<i32, CliError> {
         )),
         JobCommand::History(args) => block_on(history(args)),
         JobCommand::Scale(args) => block_on(scale(args)),
+        JobCommand::Promote(args) => block_on(promote(args)),
+        JobCommand::Revert(args) => block_on(revert(args)),
     }
 }
 
@@ -405,9 +448,126 @@ async fn run_job(args: RunArgs) -> Result<i32, CliError> {
         }
         return Ok(0);
     }
-    let outcome = monitor_eval(&client, &resp.eval_id, id_length(args.verbose)).await?;
-    // Following the deployment (`Outcome::deployment_id`) plugs in here.
-    Ok(outcome.exit_code())
+    let length = id_length(args.verbose);
+    let outcome = monitor_eval(&client, &resp.eval_id, length).await?;
+    // The job's own namespace, which the file may name while the flags do not.
+    let client =
+        if client.config().namespace.as_deref().unwrap_or("default") == job.namespace.as_str() {
+            client
+        } else {
+            Client::new(Config {
+                namespace: Some(job.namespace.to_string()),
+                ..client.config().clone()
+            })
+            .map_err(|e| CliError::new(1, format!("Error initializing client: {e}")))?
+        };
+    follow_deployment(&client, job.id.as_str(), &resp, &outcome, length).await
+}
+
+/// Whether a job rolls out through deployments: a service job with an `update` block whose
+/// `max_parallel` is above 0 in some group.
+pub fn rolls_out(job: &Job) -> bool {
+    job.r#type == JobType::Service
+        && job.task_groups.iter().any(|g| {
+            g.update
+                .as_ref()
+                .or(job.update.as_ref())
+                .is_some_and(|u| u.max_parallel > 0)
+        })
+}
+
+/// Whether `d` is the rollout of what `registered` submitted: the version the job is now at
+/// (of this very job, not an earlier one of the same name), created after the evaluation.
+pub fn is_rollout_of(d: &Deployment, job: &Job, registered: &JobRegisterResponse) -> bool {
+    d.job_version == job.version
+        && d.create_index >= registered.eval_create_index
+        && (d.job_create_index == 0
+            || job.create_index == 0
+            || d.job_create_index == job.create_index)
+}
+
+/// After `job run` or `job revert` followed the evaluation: follows the deployment of the
+/// version just registered — the evaluation's, or the job's latest one for that version, which
+/// the controller creates right after — until it ends. Exit status: the evaluation's when it
+/// failed to place, else 2 when the deployment does not succeed.
+async fn follow_deployment(
+    client: &Client,
+    job_id: &str,
+    registered: &JobRegisterResponse,
+    outcome: &Outcome,
+    length: usize,
+) -> Result<i32, CliError> {
+    if outcome.exit_code() != 0 {
+        // Waiting for capacity: the deployment could not finish before it comes.
+        return Ok(outcome.exit_code());
+    }
+    let deployment_id = if outcome.eval.deployment_id.as_str().is_empty() {
+        let job = match client.job(job_id).await {
+            Ok(job) => job,
+            Err(e) if e.is_not_found() => return Ok(0),
+            Err(e) => return Err(err("Error querying job")(e)),
+        };
+        if !rolls_out(&job) {
+            return Ok(0);
+        }
+        match await_job_deployment(client, job_id, |d| is_rollout_of(d, &job, registered)).await? {
+            Some(d) => d.id.to_string(),
+            None => return Ok(0),
+        }
+    } else {
+        outcome.eval.deployment_id.to_string()
+    };
+    Ok(monitor_deployment(client, &deployment_id, length, 0)
+        .await?
+        .exit_code())
+}
+
+async fn promote(args: JobPromoteArgs) -> Result<i32, CliError> {
+    let client = args.api.client()?;
+    let id = resolve_job_id(&client, &args.id).await?;
+    let latest = client
+        .job_latest_deployment(&id)
+        .await
+        .map_err(err("Error retrieving deployment"))?;
+    let Some(d) = latest.filter(Deployment::active) else {
+        return Err(CliError::new(
+            1,
+            format!("Job {id:?} has no deployment to promote"),
+        ));
+    };
+    let groups = (!args.groups.is_empty()).then_some(args.groups.as_slice());
+    let context = format!(
+        "Error promoting deployment {:?} for job {id:?}",
+        d.id.as_str()
+    );
+    deployment::promote(
+        &client,
+        &d,
+        groups,
+        Follow::new(args.detach, args.verbose),
+        &context,
+    )
+    .await
+}
+
+async fn revert(args: RevertArgs) -> Result<i32, CliError> {
+    let client = args.api.client()?;
+    let id = resolve_job_id(&client, &args.id).await?;
+    let resp = client
+        .revert_job(&id, args.version, None)
+        .await
+        .map_err(err("Error reverting job"))?;
+    print_warnings(&resp.warnings);
+    if resp.eval_id.is_empty() {
+        return Ok(0);
+    }
+    if args.detach {
+        println!("Evaluation ID: {}", resp.eval_id);
+        return Ok(0);
+    }
+    let length = id_length(args.verbose);
+    let outcome = monitor_eval(&client, &resp.eval_id, length).await?;
+    follow_deployment(&client, &id, &resp, &outcome, length).await
 }
 
 /// The diff to show: the server's, or one computed here when the server sent none.
@@ -1029,6 +1189,61 @@ Submit Date = 2024-05-01T11:50:00Z";
         );
         assert!(scale_target(&a(&["web", "x"])).is_err());
         assert!(scale_target(&a(&["web", "-1"])).is_err());
+    }
+
+    #[test]
+    fn the_rollout_followed_is_the_registered_versions() {
+        let mut job = example_job();
+        job.version = 2;
+        job.create_index = 7;
+        assert!(rolls_out(&job), "the example has an update block");
+        let registered = JobRegisterResponse {
+            eval_create_index: 40,
+            ..JobRegisterResponse::default()
+        };
+        let d = Deployment {
+            job_version: 2,
+            job_create_index: 7,
+            create_index: 41,
+            ..Deployment::default()
+        };
+        assert!(is_rollout_of(&d, &job, &registered));
+        let older = Deployment {
+            job_version: 1,
+            ..d.clone()
+        };
+        assert!(!is_rollout_of(&older, &job, &registered));
+        let before = Deployment {
+            create_index: 30,
+            ..d.clone()
+        };
+        assert!(
+            !is_rollout_of(&before, &job, &registered),
+            "an unchanged job's finished deployment is not followed again"
+        );
+        let of_a_purged_job = Deployment {
+            job_create_index: 3,
+            ..d.clone()
+        };
+        assert!(!is_rollout_of(&of_a_purged_job, &job, &registered));
+
+        let mut no_update = job.clone();
+        no_update.update = None;
+        for g in &mut no_update.task_groups {
+            g.update = None;
+        }
+        assert!(!rolls_out(&no_update));
+        let mut batch = job.clone();
+        batch.r#type = JobType::Batch;
+        assert!(!rolls_out(&batch));
+        let mut serial = job;
+        for g in &mut serial.task_groups {
+            if let Some(u) = g.update.as_mut() {
+                u.max_parallel = 0;
+            }
+        }
+        serial.update = None;
+        assert!(!rolls_out(&serial), "max_parallel = 0: no deployment");
     }
 
     #[test]

@@ -7,6 +7,8 @@ mod agent;
 mod alloc;
 mod apply;
 mod conn;
+mod deploy_monitor;
+mod deployment;
 mod diff;
 mod eval;
 mod format;
@@ -37,7 +39,8 @@ pub struct Cli {
 enum Command {
     /// Run a Caravan agent: a server, a client, or both (-dev).
     Agent(agent::AgentArgs),
-    /// Work with jobs: init, validate, inspect, run, plan, stop, status, history, scale.
+    /// Work with jobs: init, validate, inspect, run, plan, stop, status, history, scale, promote,
+    /// revert.
     #[command(subcommand)]
     Job(job::JobCommand),
     /// List jobs, or show whatever an ID names (job, allocation, node or evaluation).
@@ -47,6 +50,9 @@ enum Command {
     /// Inspect allocations.
     #[command(subcommand)]
     Alloc(alloc::AllocCommand),
+    /// Inspect and steer deployments: list, status, promote, fail, pause, resume.
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Inspect evaluations.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -150,6 +156,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status(args) => status::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Alloc(cmd) => alloc::run(cmd),
+        Command::Deployment(cmd) => deployment::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
@@ -264,6 +271,42 @@ mod tests {
                 "abcd",
             ],
             &["caravan", "node", "eligibility", "-disable", "abcd"],
+            &["caravan", "deployment", "list", "-verbose", "-json"],
+            &["caravan", "deployment", "status"],
+            &[
+                "caravan",
+                "deployment",
+                "status",
+                "-verbose",
+                "-monitor",
+                "abcd",
+            ],
+            &["caravan", "deployment", "status", "-json", "abcd"],
+            &[
+                "caravan",
+                "deployment",
+                "promote",
+                "-group",
+                "web",
+                "-group=api",
+                "-detach",
+                "abcd",
+            ],
+            &[
+                "caravan",
+                "deployment",
+                "fail",
+                "-detach",
+                "-verbose",
+                "abcd",
+            ],
+            &["caravan", "deployment", "pause", "abcd"],
+            &["caravan", "deployment", "resume", "-detach", "abcd"],
+            &["caravan", "job", "promote", "-group", "web", "example"],
+            &["caravan", "job", "promote", "-detach", "example"],
+            &[
+                "caravan", "job", "revert", "-detach", "-verbose", "example", "1",
+            ],
             &[
                 "caravan",
                 "server",
@@ -281,6 +324,68 @@ mod tests {
         );
         assert!(parse(&["caravan", "node", "drain", "-enable", "-disable", "abcd"]).is_err());
         assert!(parse(&["caravan", "job", "scale", "example"]).is_err());
+        assert!(
+            parse(&[
+                "caravan",
+                "deployment",
+                "status",
+                "-json",
+                "-monitor",
+                "abcd"
+            ])
+            .is_err(),
+            "-monitor cannot print JSON"
+        );
+        assert!(parse(&["caravan", "deployment", "pause", "-detach", "abcd"]).is_err());
+        assert!(parse(&["caravan", "deployment", "promote"]).is_err());
+        assert!(parse(&["caravan", "job", "revert", "example"]).is_err());
+        assert!(parse(&["caravan", "job", "revert", "example", "v1"]).is_err());
+    }
+
+    #[test]
+    fn deployment_commands_carry_their_arguments() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(normalize_args(args.iter().map(OsString::from)))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+                .command
+        };
+        match parse(&[
+            "caravan",
+            "deployment",
+            "promote",
+            "-group",
+            "web",
+            "-group",
+            "api",
+            "abcd",
+        ]) {
+            Command::Deployment(deployment::DeploymentCommand::Promote(a)) => {
+                assert_eq!(a.groups, ["web", "api"]);
+                assert_eq!(a.id, "abcd");
+                assert!(!a.detach);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["caravan", "job", "revert", "-detach", "web", "3"]) {
+            Command::Job(job::JobCommand::Revert(a)) => {
+                assert_eq!((a.id.as_str(), a.version, a.detach), ("web", 3, true));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["caravan", "job", "promote", "web"]) {
+            Command::Job(job::JobCommand::Promote(a)) => {
+                assert!(a.groups.is_empty());
+                assert_eq!(a.id, "web");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["caravan", "deployment", "status", "-monitor", "abcd"]) {
+            Command::Deployment(deployment::DeploymentCommand::Status(a)) => {
+                assert!(a.monitor && !a.json);
+                assert_eq!(a.id.as_deref(), Some("abcd"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -583,6 +583,58 @@ impl Client {
         self.get(&["job", id, "deployment"]).await
     }
 
+    /// `GET /v1/job/:id/deployment` with options: blocking when `opts.index` is set.
+    pub async fn job_latest_deployment_query(
+        &self,
+        id: &str,
+        opts: &QueryOptions,
+    ) -> Result<(Option<Deployment>, QueryMeta), ClientError> {
+        self.query(&["job", id, "deployment"], opts).await
+    }
+
+    /// `POST /v1/job/:id/revert`: registers `version` again as the newest version;
+    /// `enforce_prior` reverts only if the current version is still that one.
+    pub async fn revert_job(
+        &self,
+        id: &str,
+        version: u64,
+        enforce_prior: Option<u64>,
+    ) -> Result<JobRegisterResponse, ClientError> {
+        let body = JobRevertRequest {
+            job_id: id.to_owned(),
+            job_version: version,
+            enforce_prior_version: enforce_prior,
+        };
+        self.write(
+            Method::POST,
+            &["job", id, "revert"],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
+    }
+
+    /// `POST /v1/job/:id/stable`: marks a version stable (or not).
+    pub async fn set_job_stability(
+        &self,
+        id: &str,
+        version: u64,
+        stable: bool,
+    ) -> Result<JobStabilityResponse, ClientError> {
+        let body = JobStabilityRequest {
+            job_id: id.to_owned(),
+            job_version: version,
+            stable,
+        };
+        self.write(
+            Method::POST,
+            &["job", id, "stable"],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
+    }
+
     /// `GET /v1/job/:id/summary`.
     pub async fn job_summary(&self, id: &str) -> Result<JobSummary, ClientError> {
         self.get(&["job", id, "summary"]).await
@@ -674,6 +726,89 @@ impl Client {
         opts: &QueryOptions,
     ) -> Result<(Deployment, QueryMeta), ClientError> {
         self.query(&["deployment", id], opts).await
+    }
+
+    /// `GET /v1/deployment/allocations/:id` (the full id).
+    pub async fn deployment_allocations(
+        &self,
+        id: &str,
+    ) -> Result<Vec<AllocationListStub>, ClientError> {
+        self.get(&["deployment", "allocations", id]).await
+    }
+
+    /// `POST /v1/deployment/promote/:id`: every group with canaries, or only `groups`.
+    pub async fn promote_deployment(
+        &self,
+        id: &str,
+        groups: Option<&[String]>,
+    ) -> Result<DeploymentUpdateResponse, ClientError> {
+        let body = DeploymentPromoteRequest {
+            deployment_id: id.to_owned(),
+            all: groups.is_none(),
+            groups: groups.map(<[String]>::to_vec).unwrap_or_default(),
+        };
+        self.write(
+            Method::POST,
+            &["deployment", "promote", id],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
+    }
+
+    /// `POST /v1/deployment/fail/:id`.
+    pub async fn fail_deployment(&self, id: &str) -> Result<DeploymentUpdateResponse, ClientError> {
+        let body = DeploymentFailRequest {
+            deployment_id: id.to_owned(),
+        };
+        self.write(
+            Method::POST,
+            &["deployment", "fail", id],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
+    }
+
+    /// `POST /v1/deployment/pause/:id`: pause (`true`) or resume (`false`).
+    pub async fn pause_deployment(
+        &self,
+        id: &str,
+        pause: bool,
+    ) -> Result<DeploymentUpdateResponse, ClientError> {
+        let body = DeploymentPauseRequest {
+            deployment_id: id.to_owned(),
+            pause,
+        };
+        self.write(
+            Method::POST,
+            &["deployment", "pause", id],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
+    }
+
+    /// `POST /v1/deployment/allocation-health/:id`: marks allocations of the deployment healthy
+    /// or unhealthy by hand.
+    pub async fn set_alloc_health(
+        &self,
+        id: &str,
+        healthy: &[String],
+        unhealthy: &[String],
+    ) -> Result<DeploymentUpdateResponse, ClientError> {
+        let body = DeploymentAllocHealthRequest {
+            deployment_id: id.to_owned(),
+            healthy_allocation_ids: healthy.to_vec(),
+            unhealthy_allocation_ids: unhealthy.to_vec(),
+        };
+        self.write(
+            Method::POST,
+            &["deployment", "allocation-health", id],
+            &QueryOptions::default(),
+            &body,
+        )
+        .await
     }
 
     // ---- nodes ----

@@ -84,6 +84,88 @@ pub struct NodeUpdateResponse {
     pub index: i64,
 }
 
+/// `POST /v1/deployment/promote/:id`: every group (`All`), or the named ones.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeploymentPromoteRequest {
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    pub all: bool,
+    /// Empty with `All`.
+    pub groups: Vec<String>,
+}
+
+/// `POST /v1/deployment/fail/:id`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeploymentFailRequest {
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+}
+
+/// `POST /v1/deployment/pause/:id`: pause (`true`) or resume (`false`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeploymentPauseRequest {
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    pub pause: bool,
+}
+
+/// `POST /v1/deployment/allocation-health/:id`: health decided by hand.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeploymentAllocHealthRequest {
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    #[serde(rename = "HealthyAllocationIDs")]
+    pub healthy_allocation_ids: Vec<String>,
+    #[serde(rename = "UnhealthyAllocationIDs")]
+    pub unhealthy_allocation_ids: Vec<String>,
+}
+
+/// What the deployment writes (promote, fail, pause, allocation-health) return.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeploymentUpdateResponse {
+    /// The evaluation the change created; empty when there is none.
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: i64,
+    pub deployment_modify_index: i64,
+    /// Set when failing the deployment rolled the job back to this version.
+    pub reverted_job_version: Option<u64>,
+    pub index: i64,
+}
+
+/// `POST /v1/job/:id/revert`: register an earlier version again (answered as a register).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobRevertRequest {
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job_version: u64,
+    /// Revert only if the current version is still this one.
+    pub enforce_prior_version: Option<u64>,
+}
+
+/// `POST /v1/job/:id/stable`: mark a version stable or not.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobStabilityRequest {
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job_version: u64,
+    pub stable: bool,
+}
+
+/// What `POST /v1/job/:id/stable` returns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobStabilityResponse {
+    pub index: i64,
+}
+
 /// `GET /v1/agent/members`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -132,5 +214,76 @@ mod tests {
         let n: NodeUpdateResponse =
             serde_json::from_str(r#"{"EvalIDs":null,"NodeModifyIndex":3}"#).unwrap();
         assert!(n.eval_ids.is_empty());
+    }
+
+    #[test]
+    fn deployment_and_revert_requests_have_nomads_shapes() {
+        use serde_json::json;
+        assert_eq!(
+            serde_json::to_value(DeploymentPromoteRequest {
+                deployment_id: "d1".into(),
+                all: false,
+                groups: vec!["web".into()],
+            })
+            .unwrap(),
+            json!({"DeploymentID": "d1", "All": false, "Groups": ["web"]})
+        );
+        assert_eq!(
+            serde_json::to_value(DeploymentFailRequest {
+                deployment_id: "d1".into()
+            })
+            .unwrap(),
+            json!({"DeploymentID": "d1"})
+        );
+        assert_eq!(
+            serde_json::to_value(DeploymentPauseRequest {
+                deployment_id: "d1".into(),
+                pause: true,
+            })
+            .unwrap(),
+            json!({"DeploymentID": "d1", "Pause": true})
+        );
+        assert_eq!(
+            serde_json::to_value(DeploymentAllocHealthRequest {
+                deployment_id: "d1".into(),
+                healthy_allocation_ids: vec!["a1".into()],
+                unhealthy_allocation_ids: vec![],
+            })
+            .unwrap(),
+            json!({"DeploymentID": "d1", "HealthyAllocationIDs": ["a1"], "UnhealthyAllocationIDs": []})
+        );
+        assert_eq!(
+            serde_json::to_value(JobRevertRequest {
+                job_id: "web".into(),
+                job_version: 2,
+                enforce_prior_version: None,
+            })
+            .unwrap(),
+            json!({"JobID": "web", "JobVersion": 2, "EnforcePriorVersion": null})
+        );
+        assert_eq!(
+            serde_json::to_value(JobStabilityRequest {
+                job_id: "web".into(),
+                job_version: 2,
+                stable: true,
+            })
+            .unwrap(),
+            json!({"JobID": "web", "JobVersion": 2, "Stable": true})
+        );
+    }
+
+    #[test]
+    fn deployment_update_responses_read_nomad_json() {
+        let r: DeploymentUpdateResponse = serde_json::from_str(
+            r#"{"EvalID":"e1","EvalCreateIndex":7,"DeploymentModifyIndex":8,"RevertedJobVersion":null,"Index":8}"#,
+        )
+        .unwrap();
+        assert_eq!(r.eval_id, "e1");
+        assert_eq!(r.reverted_job_version, None);
+        let r: DeploymentUpdateResponse =
+            serde_json::from_str(r#"{"EvalID":"","RevertedJobVersion":3,"Index":9}"#).unwrap();
+        assert_eq!(r.reverted_job_version, Some(3));
+        let s: JobStabilityResponse = serde_json::from_str(r#"{"Index":12}"#).unwrap();
+        assert_eq!(s.index, 12);
     }
 }
