@@ -100,7 +100,15 @@ impl Drop for Agent {
 
 /// The command words (`job run`, `server members`, `status`) and the rest.
 fn split_command<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
-    let groups = ["job", "alloc", "eval", "node", "server"];
+    let groups = [
+        "job",
+        "alloc",
+        "eval",
+        "node",
+        "server",
+        "deployment",
+        "service",
+    ];
     let n = match args.first() {
         Some(g) if groups.contains(g) => 2,
         Some(_) => 1,
