@@ -194,3 +194,170 @@ fn canary_promoted_by_hand_then_a_bad_version_reverts() {
     );
     ok(&agent.cli(d, &["job", "stop", "demo"]));
 }
+
+/// A raw_exec service of `count` sleepers whose `VERSION` is `version`, rolled out with `update`.
+fn sleeper(count: u32, version: &str, update: &str) -> String {
+    format!(
+        r#"job "sleeper" {{
+  datacenters = ["dc1"]
+
+  update {{
+    max_parallel     = 1
+    min_healthy_time = "1s"
+    healthy_deadline = "1m"
+    health_check     = "task_states"
+{update}
+  }}
+
+  group "app" {{
+    count = {count}
+
+    task "sleep" {{
+      driver = "raw_exec"
+
+      env {{
+        VERSION = "{version}"
+      }}
+
+      config {{
+        command = "/bin/sleep"
+        args    = ["3600"]
+      }}
+
+      resources {{
+        cpu    = 20
+        memory = 16
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+fn latest(agent: &Agent) -> Value {
+    api(agent, "/v1/job/sleeper/deployment")
+}
+
+fn post(agent: &Agent, path: &str, body: &Value) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-XPOST", "-d"])
+        .arg(body.to_string())
+        .arg(format!("{}{path}", agent.address))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code == "200", body.to_owned())
+}
+
+#[test]
+fn auto_promote_pause_resume_cancel_fail_revert_and_manual_health() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |name: &str, spec: String| agent.cli(d, &["job", "run", &write(d, name, &spec)]);
+    let auto = "    canary = 1\n    auto_promote = true";
+    let manual = "    canary = 1\n    auto_promote = false";
+
+    // Version 0, then version 1 with a canary that promotes itself once healthy.
+    ok(&run("v0.hcl", sleeper(2, "v0", auto)));
+    let out = ok(&run("v1.hcl", sleeper(2, "v1", auto)));
+    assert!(out.contains("Deployment completed successfully"), "{out}");
+    let d1 = latest(&agent);
+    assert_eq!(d1["JobVersion"], 1);
+    assert_eq!(d1["TaskGroups"]["app"]["Promoted"], true);
+
+    // Version 2 waits for a human; pause and resume it.
+    let out = ok(&run("v2.hcl", sleeper(2, "v2", manual)));
+    assert!(out.contains("requires manual promotion"), "{out}");
+    let d2 = latest(&agent)["ID"].as_str().unwrap().to_owned();
+    let out = ok(&agent.cli(d, &["deployment", "pause", &d2]));
+    assert!(out.contains("paused"), "{out}");
+    assert_eq!(latest(&agent)["Status"], "paused");
+    assert_eq!(latest(&agent)["StatusDescription"], "Deployment is paused");
+    let out = ok(&agent.cli(d, &["deployment", "resume", &d2]));
+    assert!(out.contains("resumed"), "{out}");
+    assert_eq!(latest(&agent)["Status"], "running");
+
+    // Promoting a group the deployment does not have is refused, with the reason.
+    let out = agent.cli(d, &["deployment", "promote", "-group", "nope", &d2]);
+    assert!(!out.status.success(), "{}", both(&out));
+    assert!(both(&out).contains("nope"), "{}", both(&out));
+
+    // Version 3 cancels version 2's deployment.
+    let out = ok(&run("v3.hcl", sleeper(2, "v3", manual)));
+    assert!(out.contains("requires manual promotion"), "{out}");
+    let cancelled = api(&agent, &format!("/v1/deployment/{d2}"));
+    assert_eq!(cancelled["Status"], "cancelled");
+    assert_eq!(
+        cancelled["StatusDescription"],
+        "Cancelled due to newer version of job"
+    );
+
+    // Failing version 3's deployment by hand: no auto_revert, the job stays where it is.
+    let d3 = latest(&agent)["ID"].as_str().unwrap().to_owned();
+    let out = ok(&agent.cli(d, &["deployment", "fail", &d3]));
+    assert!(out.contains("failed"), "{out}");
+    let failed = latest(&agent);
+    assert_eq!(failed["Status"], "failed");
+    assert_eq!(failed["StatusDescription"], "Deployment marked as failed");
+    // Nothing left to promote.
+    let out = agent.cli(d, &["job", "promote", "sleeper"]);
+    assert!(!out.status.success(), "{}", both(&out));
+
+    // `job revert` to version 1: a new version (4) with version 1's spec, rolled out.
+    let out = ok(&agent.cli(d, &["job", "revert", "sleeper", "1"]));
+    assert!(out.contains("Deployment completed successfully"), "{out}");
+    let job = api(&agent, "/v1/job/sleeper");
+    assert_eq!(job["Version"], 4);
+    assert_eq!(job["TaskGroups"][0]["Tasks"][0]["Env"]["VERSION"], "v1");
+    assert_eq!(job["Stable"], true, "its deployment succeeded");
+    let out = agent.cli(d, &["job", "revert", "sleeper", "4"]);
+    assert!(
+        both(&out).contains("can't revert to current version"),
+        "{}",
+        both(&out)
+    );
+
+    // Manual health: nothing is healthy until someone says so.
+    let manual_health = "    health_check = \"manual\"".to_owned();
+    let spec = sleeper(2, "v5", "").replace("    health_check     = \"task_states\"\n", "");
+    let spec = spec.replace("  update {\n", &format!("  update {{\n{manual_health}\n"));
+    let out = agent.cli(d, &["job", "run", "-detach", &write(d, "v5.hcl", &spec)]);
+    assert!(out.status.success(), "{}", both(&out));
+    let mut deployment = Value::Null;
+    eventually(Duration::from_secs(30), "version 5's deployment", || {
+        deployment = latest(&agent);
+        deployment["JobVersion"] == 5 && deployment["TaskGroups"]["app"]["PlacedAllocs"] == 1
+    });
+    let id = deployment["ID"].as_str().unwrap().to_owned();
+    let placed = || -> Vec<String> {
+        api(&agent, &format!("/v1/deployment/allocations/{id}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["ID"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut marked = 0;
+    eventually(
+        Duration::from_secs(60),
+        "a manually healthy rollout",
+        || {
+            for alloc in placed() {
+                let body = serde_json::json!({"DeploymentID": id, "HealthyAllocationIDs": [alloc]});
+                let (good, text) = post(
+                    &agent,
+                    &format!("/v1/deployment/allocation-health/{id}"),
+                    &body,
+                );
+                assert!(good || text.contains("terminal"), "{text}");
+                marked += usize::from(good);
+            }
+            latest(&agent)["Status"] == "successful"
+        },
+    );
+    assert!(marked >= 2, "each allocation was marked healthy by hand");
+    ok(&agent.cli(d, &["job", "stop", "sleeper"]));
+}

@@ -235,7 +235,9 @@ async fn run_alloc(
     };
     // Service groups with an update block: decide the allocation's health for rollouts, and
     // again whenever an in-place update moves it to another deployment.
-    let rule = health::Rule::of(&group).filter(|_| job.r#type == JobType::Service);
+    // (System groups too: their rolling updates are paced on health, then `stagger`.)
+    let rule = health::Rule::of(&group)
+        .filter(|_| matches!(job.r#type, JobType::Service | JobType::System));
     if let Some(rule) = rule {
         let (states, results, group, report) = (
             Arc::clone(&states),

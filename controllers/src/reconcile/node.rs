@@ -190,7 +190,11 @@ pub(super) fn reconcile(
         let Some(&(_, tg)) = candidates.first() else {
             continue;
         };
-        let budget = rollout::health_budget(ctx, tg, allocs, &stopping, 0).unwrap_or(usize::MAX);
+        let (budget, settles) = rollout::health_budget(ctx, tg, allocs, &stopping, 0);
+        let budget = budget.unwrap_or(usize::MAX);
+        if let Some(at) = settles {
+            plan.wake(at);
+        }
         for (i, (alloc, tg)) in candidates.into_iter().enumerate() {
             let counts = plan.group(group);
             if i < budget {

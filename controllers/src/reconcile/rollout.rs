@@ -60,27 +60,47 @@ pub(super) fn deployment_budget(
 /// How many destructive updates a system group may start now; `None` when unlimited.
 ///
 /// In flight are the group's allocations of the current version that are live, not stopped by
-/// this plan, and not yet healthy (`DeploymentStatus.Healthy != true`); `placing` more are
-/// about to join them. An allocation of the new version found unhealthy halts the rollout.
+/// this plan, and not yet healthy (`DeploymentStatus.Healthy != true`) or healthy for less
+/// than the update block's `stagger`; `placing` more are about to join them. An allocation of
+/// the new version found unhealthy halts the rollout. The second value is when the next one
+/// leaves the stagger (reconcile again then).
 pub(super) fn health_budget(
     ctx: &Ctx<'_>,
     tg: &TaskGroup,
     allocs: &[&Allocation],
     stopping: &BTreeSet<&AllocId>,
     placing: usize,
-) -> Option<usize> {
-    let max_parallel = max_parallel(tg)?;
+) -> (Option<usize>, Option<i64>) {
+    let Some(max_parallel) = max_parallel(tg) else {
+        return (None, None);
+    };
+    let stagger = tg.update.as_ref().map_or(0, |u| u.stagger.nanos());
     let new_version = allocs
         .iter()
         .filter(|a| super::is_live(a) && !stopping.contains(&a.id) && ctx.is_current(a));
     let mut in_flight = 0usize;
+    let mut wake: Option<i64> = None;
     for alloc in new_version {
         if alloc.is_unhealthy() {
-            return Some(0);
+            return (Some(0), None);
         }
         if !alloc.is_healthy() {
             in_flight += 1;
+            continue;
+        }
+        let healthy_at = alloc
+            .deployment_status
+            .as_ref()
+            .and_then(|d| d.timestamp.unix_nanos())
+            .unwrap_or(0);
+        let settled = healthy_at.saturating_add(stagger);
+        if stagger > 0 && settled > ctx.now {
+            in_flight += 1;
+            wake = Some(wake.map_or(settled, |w| w.min(settled)));
         }
     }
-    Some(max_parallel.saturating_sub(in_flight.saturating_add(placing)))
+    (
+        Some(max_parallel.saturating_sub(in_flight.saturating_add(placing))),
+        wake,
+    )
 }

@@ -1143,6 +1143,38 @@ fn system_destructive_updates_respect_max_parallel() {
     );
     let created = world.apply_and_settle(&plan);
     world.make_healthy(&created);
+    // The default stagger (30s) passes before the next one.
+    world.now += caravan_schemas::duration::Duration::from_secs(30).nanos();
+    assert_eq!(world.reconcile().destructive_update.len(), 1);
+}
+
+#[test]
+fn system_updates_wait_for_the_stagger_after_each_healthy_batch() {
+    let stagger = caravan_schemas::duration::Duration::from_secs(30);
+    let v1 = system();
+    let v2 = next_version(&v1, |j| {
+        app(j).config.insert("image".into(), "redis:8".into());
+        j.task_groups[0].update.as_mut().unwrap().stagger = stagger;
+    });
+    let existing: Vec<_> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            alloc(&v1, "web", 0)
+                .id(&format!("on-{n}"))
+                .on(n)
+                .healthy(Some(true))
+        })
+        .collect();
+    let mut world = system_world(v2, existing, &["n1", "n2"]);
+    let plan = world.reconcile();
+    assert_eq!(plan.destructive_update.len(), 1);
+    let created = world.apply_and_settle(&plan);
+    world.make_healthy(&created);
+    // Healthy, but not for `stagger` yet: nothing more, and a wake-up when it will have been.
+    let plan = world.reconcile();
+    assert!(plan.destructive_update.is_empty(), "{plan:?}");
+    assert_eq!(plan.wake_at, Some(world.now + stagger.nanos()));
+    world.now += stagger.nanos();
     assert_eq!(world.reconcile().destructive_update.len(), 1);
 }
 
