@@ -299,3 +299,137 @@ async fn purge_deletes_the_node_and_loses_its_allocations() {
         "node not found"
     );
 }
+
+#[tokio::test]
+async fn revert_and_stable_mark_and_restore_job_versions() {
+    let ts = TestServer::start().await;
+    let c = ts.client();
+    c.post("/v1/jobs", &json!({ "Job": fixtures::job_json("rev") }))
+        .await
+        .expect(200);
+    let mut v1 = fixtures::job_json("rev");
+    v1["TaskGroups"][0]["Tasks"][0]["Config"]["args"] = json!(["120"]);
+    c.post("/v1/jobs", &json!({ "Job": v1 })).await.expect(200);
+
+    // Stable: the record and, for the current version, the job.
+    let resp = c
+        .post(
+            "/v1/job/rev/stable",
+            &json!({"JobID": "rev", "JobVersion": 1, "Stable": true}),
+        )
+        .await
+        .expect(200);
+    assert!(resp.json()["Index"].as_i64().unwrap() > 0);
+    assert_eq!(
+        c.get("/v1/job/rev").await.expect(200).json()["Stable"],
+        true
+    );
+    let versions = c.get("/v1/job/rev/versions").await.expect(200).json();
+    assert_eq!(versions["Versions"][0]["Stable"], true);
+    assert_eq!(versions["Versions"][1]["Stable"], false);
+
+    // Refusals say why.
+    let c = &c;
+    let refused = |body: Value, status: u16| async move {
+        c.post("/v1/job/rev/revert", &body)
+            .await
+            .expect(status)
+            .body
+    };
+    assert_eq!(
+        refused(json!({"JobID": "rev", "JobVersion": 1}), 400).await,
+        "can't revert to current version 1"
+    );
+    assert!(
+        refused(json!({"JobID": "rev", "JobVersion": 7}), 404)
+            .await
+            .contains("at version 7 not found")
+    );
+    assert_eq!(
+        refused(
+            json!({"JobID": "rev", "JobVersion": 0, "EnforcePriorVersion": 0}),
+            409
+        )
+        .await,
+        "current job has version 1; enforcing version 0"
+    );
+
+    // A revert is a new version with the old spec, unstable, evaluated.
+    let resp = c
+        .post(
+            "/v1/job/rev/revert",
+            &json!({"JobID": "rev", "JobVersion": 0, "EnforcePriorVersion": 1}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert!(!resp["EvalID"].as_str().unwrap().is_empty());
+    let job = c.get("/v1/job/rev").await.expect(200).json();
+    assert_eq!(job["Version"], 2);
+    assert_eq!(job["Stable"], false);
+    assert_eq!(
+        job["TaskGroups"][0]["Tasks"][0]["Config"]["args"],
+        json!(["60"])
+    );
+}
+
+#[tokio::test]
+async fn deployment_actions_refuse_what_cannot_be_done() {
+    let ts = TestServer::start().await;
+    let c = ts.client();
+    c.post("/v1/jobs", &json!({ "Job": fixtures::job_json("dep") }))
+        .await
+        .expect(200);
+    let mut done = fixtures::deployment("d-done-0001", "dep", 0);
+    done.status = caravan_schemas::deployment::DeploymentStatus::Successful;
+    ts.put(&done).await;
+    let promote = json!({"DeploymentID": "d-done-0001", "All": true});
+    assert_eq!(
+        c.post("/v1/deployment/promote/d-done-0001", &promote)
+            .await
+            .expect(400)
+            .body,
+        "can't promote terminal deployment"
+    );
+    assert_eq!(
+        c.post("/v1/deployment/fail/d-done", &json!({}))
+            .await
+            .expect(400)
+            .body,
+        "can't fail terminal deployment"
+    );
+    c.post("/v1/deployment/pause/nope", &json!({"Pause": true}))
+        .await
+        .expect(404);
+    assert_eq!(
+        c.post(
+            "/v1/deployment/promote/d-done-0001",
+            &json!({"DeploymentID": "other"})
+        )
+        .await
+        .expect(400)
+        .body,
+        "Deployment ID does not match"
+    );
+
+    // A running one pauses, resumes and fails, each with an evaluation for its job.
+    let running = fixtures::deployment("d-run-0002", "dep", 0);
+    ts.put(&running).await;
+    let paused = c
+        .post("/v1/deployment/pause/d-run-0002", &json!({"Pause": true}))
+        .await
+        .expect(200)
+        .json();
+    assert!(!paused["EvalID"].as_str().unwrap().is_empty());
+    let d = c.get("/v1/deployment/d-run-0002").await.expect(200).json();
+    assert_eq!(d["Status"], "paused");
+    c.post("/v1/deployment/pause/d-run-0002", &json!({"Pause": false}))
+        .await
+        .expect(200);
+    c.post("/v1/deployment/fail/d-run-0002", &json!({}))
+        .await
+        .expect(200);
+    let d = c.get("/v1/deployment/d-run-0002").await.expect(200).json();
+    assert_eq!(d["Status"], "failed");
+    assert_eq!(d["StatusDescription"], "Deployment marked as failed");
+}

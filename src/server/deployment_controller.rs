@@ -17,7 +17,6 @@ use caravan_controllers::deployment::{WatchInput, watch};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch as channel;
-use tracing::Instrument;
 
 /// The deployment watcher.
 #[derive(Debug)]
@@ -58,7 +57,7 @@ impl DeploymentController {
 
 /// Deployment changes and allocation changes that matter to a deployment queue its job;
 /// becoming leader queues every job with an active deployment.
-fn spawn_feeders(c: &Arc<DeploymentController>, mut leading: channel::Receiver<bool>) {
+fn spawn_feeders(c: &Arc<DeploymentController>, leading: channel::Receiver<bool>) {
     let span = |source: &str| tracing::info_span!("deployment-watcher-feed", source);
     let cache = &c.server.cache;
     let ctl = Arc::clone(c);
@@ -90,18 +89,9 @@ fn spawn_feeders(c: &Arc<DeploymentController>, mut leading: channel::Receiver<b
         }
     });
     let ctl = Arc::clone(c);
-    let leadership = async move {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            ctl.enqueue_active();
-            if leading.wait_for(|l| !*l).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::spawn(leadership.instrument(span("leadership")));
+    runtime::on_leadership(leading, span("leadership"), move || {
+        ctl.enqueue_active();
+    });
 }
 
 #[async_trait::async_trait]

@@ -31,7 +31,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// How long a reconcile waits for the cache to show its own writes.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -123,7 +122,7 @@ impl JobController {
 
 /// Subscribes to the caches: keeps the scheduler current and queues the jobs that changes
 /// concern. Becoming leader queues every job (the resync safety net).
-fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
+fn spawn_feeders(c: &Arc<JobController>, leading: watch::Receiver<bool>) {
     let span = |source: &str| tracing::info_span!("job-controller-feed", source);
     let cache = &c.server.cache;
     let ctl = Arc::clone(c);
@@ -218,19 +217,10 @@ fn spawn_feeders(c: &Arc<JobController>, mut leading: watch::Receiver<bool>) {
         None => ctl.enqueue_all(),
     });
     let ctl = Arc::clone(c);
-    let leadership = async move {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            ctl.rebuild_scheduler();
-            ctl.enqueue_all();
-            if leading.wait_for(|l| !*l).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::spawn(leadership.instrument(span("leadership")));
+    runtime::on_leadership(leading, span("leadership"), move || {
+        ctl.rebuild_scheduler();
+        ctl.enqueue_all();
+    });
 }
 
 /// The writes one reconcile makes.

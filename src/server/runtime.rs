@@ -114,6 +114,27 @@ pub enum Next {
     After(Duration),
 }
 
+/// Runs `f` each time this server becomes leader (a controller's resync), until `leading`'s
+/// sender is gone.
+pub fn on_leadership(
+    mut leading: watch::Receiver<bool>,
+    span: tracing::Span,
+    f: impl Fn() + Send + 'static,
+) {
+    let task = async move {
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            f();
+            if leading.wait_for(|l| !*l).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::spawn(task.instrument(span));
+}
+
 impl Next {
     /// Run again at `at` (Unix nanoseconds; a little after, so the deadline has passed), or
     /// only when something changes.

@@ -1253,6 +1253,29 @@ mod tests {
     }
 
     #[test]
+    fn a_health_verdict_for_a_deployment_the_allocation_left_is_ignored() {
+        let mut alloc = Allocation {
+            deployment_id: DeploymentId::new("new"),
+            ..Allocation::default()
+        };
+        let verdict = |deployment: &str| AllocUpdate {
+            deployment_status: Some(AllocDeploymentStatus {
+                healthy: Some(true),
+                ..Default::default()
+            }),
+            deployment_id: Some(DeploymentId::new(deployment)),
+            ..AllocUpdate::default()
+        };
+        merge_client_fields(&mut alloc, &verdict("old"));
+        assert_eq!(
+            alloc.deployment_status, None,
+            "decided for the old deployment"
+        );
+        merge_client_fields(&mut alloc, &verdict("new"));
+        assert_eq!(alloc.deployment_status.unwrap().healthy, Some(true));
+    }
+
+    #[test]
     fn client_check_results_replace_the_stored_ones_only_when_sent() {
         let result = CheckQueryResult {
             id: CheckId::new("c1"),
