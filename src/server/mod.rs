@@ -8,6 +8,7 @@ pub mod leader;
 pub mod node_controller;
 pub mod objects;
 pub mod runtime;
+pub mod service_controller;
 pub mod writes;
 pub mod writes_deployments;
 pub mod writes_nodes;
