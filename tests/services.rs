@@ -122,6 +122,18 @@ async fn the_controller_keeps_registrations_in_step_with_allocations() {
     assert_eq!(reg["Healthy"], Value::Null, "no check result yet");
     assert!(reg["CreateIndex"].as_i64().unwrap() > 0);
 
+    // What templates' `nomadService` reads decodes it (and an unknown service is empty).
+    use caravan::agent::template::{ServerServices, TemplateSource};
+    let source = ServerServices::new(reqwest::Client::new(), vec![ts.base.clone()]);
+    let seen = source.services("default", "demo-web").await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].address.as_str(), seen[0].port),
+        ("127.0.0.1", 23456)
+    );
+    assert_eq!(seen[0].tags, ["urlprefix-/", "v1"]);
+    assert!(source.services("default", "nope").await.unwrap().is_empty());
+
     // The client reports its check passing: the registration turns healthy.
     a = (*ts.server.cache.allocs.get(&a.key(&ts.server.keys)).unwrap()).clone();
     let passing = check_result(CheckStatus::Success);

@@ -72,9 +72,7 @@ fn alloc_key(namespace: &str, id: &str) -> String {
 fn alloc_matters(ch: &Change<Allocation>) -> bool {
     match (&ch.old, &ch.new) {
         (_, None) => true,
-        (old, Some(new)) => {
-            should_register(new) || old.as_deref().is_some_and(should_register)
-        }
+        (old, Some(new)) => should_register(new) || old.as_deref().is_some_and(should_register),
     }
 }
 
@@ -308,9 +306,12 @@ impl Controller for ServiceController {
             .cache
             .allocs
             .get(&server.keys.key(Kind::Alloc, namespace, id));
-        let node = alloc
-            .as_ref()
-            .and_then(|a| server.cache.nodes.get(&server.keys.node(a.node_id.as_str())));
+        let node = alloc.as_ref().and_then(|a| {
+            server
+                .cache
+                .nodes
+                .get(&server.keys.node(a.node_id.as_str()))
+        });
         let existing = self.existing(namespace, id);
         let plan = reconcile(alloc.as_deref(), node.as_deref(), &existing);
         self.log_skipped(key, &plan);
