@@ -5,5 +5,6 @@
 //! plans live in the `caravan` crate (`src/server/`).
 pub mod deployment;
 pub mod reconcile;
+pub mod services;
 
 pub mod scheduler;

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
+pub mod services;
 
 use crate::metrics::Metrics;
 use crate::server::Server;
@@ -250,6 +251,7 @@ pub async fn route(api: &Api, req: Request) -> Result<Reply, ApiError> {
         Some("evaluations" | "evaluation") => evaluations::route(server, &req, &segs).await,
         Some("nodes" | "node") => nodes::route(server, &req, &segs).await,
         Some("deployments" | "deployment") => deployments::route(server, &req, &segs).await,
+        Some("services" | "service") => services::route(server, &req, &segs).await,
         Some("agent" | "status" | "regions") => agent::route(server, &req, &segs).await,
         Some("client") => client::route(api, &req, &segs).await,
         Some("metrics") => metrics::route(api, &req, &segs),
@@ -318,6 +320,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/client/allocation/:id/checks",
     "/v1/services",
     "/v1/service/:name",
+    "/v1/service/:name/:id",
     "/v1/namespaces",
     "/v1/namespace/:name",
     "/v1/vars",
@@ -654,6 +657,11 @@ mod tests {
             "/v1/client/node/:id/heartbeat"
         );
         assert_eq!(route_template("/v1/var/a/b/c"), "/v1/var/*path");
+        assert_eq!(route_template("/v1/service/web"), "/v1/service/:name");
+        assert_eq!(
+            route_template("/v1/service/web/_nomad-task-x"),
+            "/v1/service/:name/:id"
+        );
         assert_eq!(route_template("/v1/var"), "unmatched");
         assert_eq!(route_template("/v1/nope/x"), "unmatched");
         assert_eq!(route_template("/metrics"), "/metrics");

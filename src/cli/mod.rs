@@ -16,6 +16,7 @@ mod job;
 mod monitor;
 mod node;
 mod server;
+mod service;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,9 @@ enum Command {
     /// Inspect the servers.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Inspect service registrations: list, info, delete.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
+        Command::Service(cmd) => service::run(cmd),
     }
 }
 

@@ -15,6 +15,7 @@ use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::{Job, JobListStub, JobSummary};
 use caravan_schemas::node::{DrainSpec, Node, NodeListStub};
 use caravan_schemas::plan::{JobPlanRequest, JobPlanResponse};
+use caravan_schemas::service::{ServiceRegistration, ServiceRegistrationListStub};
 use reqwest::{Method, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -869,6 +870,47 @@ impl Client {
             &body,
         )
         .await
+    }
+
+    // ---- services ----
+
+    /// `GET /v1/services`: each namespace's service names and tags, blocking when
+    /// `opts.index` is set.
+    pub async fn services(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<ServiceRegistrationListStub>, QueryMeta), ClientError> {
+        let (list, meta): (Option<Vec<ServiceRegistrationListStub>>, QueryMeta) =
+            self.query(&["services"], opts).await?;
+        Ok((list.unwrap_or_default(), meta))
+    }
+
+    /// `GET /v1/service/:name`: the service's registrations (none when it is unknown).
+    pub async fn service(
+        &self,
+        name: &str,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<ServiceRegistration>, QueryMeta), ClientError> {
+        let (list, meta): (Option<Vec<ServiceRegistration>>, QueryMeta) =
+            self.query(&["service", name], opts).await?;
+        Ok((list.unwrap_or_default(), meta))
+    }
+
+    /// `DELETE /v1/service/:name/:id`.
+    pub async fn delete_service_registration(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<(), ClientError> {
+        let _: (serde_json::Value, QueryMeta) = self
+            .send(
+                Method::DELETE,
+                &["service", name, id],
+                &QueryOptions::default(),
+                None,
+            )
+            .await?;
+        Ok(())
     }
 
     // ---- agent and status ----

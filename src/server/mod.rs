@@ -8,6 +8,7 @@ pub mod leader;
 pub mod node_controller;
 pub mod objects;
 pub mod runtime;
+pub mod service_controller;
 pub mod writes;
 pub mod writes_deployments;
 pub mod writes_nodes;
@@ -19,6 +20,7 @@ use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::Job;
 use caravan_schemas::node::Node;
+use caravan_schemas::service::ServiceRegistration;
 use objects::{JobVersion, Keys};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub struct Informers {
     pub allocs: Arc<Informer<Allocation>>,
     pub evals: Arc<Informer<Evaluation>>,
     pub deployments: Arc<Informer<Deployment>>,
+    pub services: Arc<Informer<ServiceRegistration>>,
     pub members: Arc<Informer<leader::Member>>,
     pub heartbeats: Arc<Informer<writes_nodes::HeartbeatRecord>>,
 }
@@ -56,6 +59,7 @@ impl Informers {
             allocs: Informer::new(),
             evals: Informer::new(),
             deployments: Informer::new(),
+            services: Informer::new(),
             members: Informer::new(),
             heartbeats: Informer::new(),
         }
@@ -70,6 +74,7 @@ impl Informers {
             self.allocs.index(),
             self.evals.index(),
             self.deployments.index(),
+            self.services.index(),
         ]
         .into_iter()
         .max()
@@ -134,6 +139,7 @@ impl Server {
             .feed(&server.keys, &server.cache.allocs)
             .feed(&server.keys, &server.cache.evals)
             .feed(&server.keys, &server.cache.deployments)
+            .feed(&server.keys, &server.cache.services)
             .feed(&server.keys, &server.cache.members)
             .feed(&server.keys, &server.cache.heartbeats);
         let span = tracing::info_span!("cache");
@@ -148,6 +154,7 @@ impl Server {
         server.cache.allocs.wait_synced().await;
         server.cache.evals.wait_synced().await;
         server.cache.deployments.wait_synced().await;
+        server.cache.services.wait_synced().await;
         server.cache.members.wait_synced().await;
         server.cache.heartbeats.wait_synced().await;
         tokio::spawn(gauges(Arc::clone(&server)).instrument(tracing::info_span!("cluster-gauges")));

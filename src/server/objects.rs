@@ -9,6 +9,7 @@ use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::Job;
 use caravan_schemas::node::Node;
+use caravan_schemas::service::ServiceRegistration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -22,6 +23,8 @@ pub enum Kind {
     Alloc,
     Eval,
     Deployment,
+    /// Service registrations (`/v1/service/:name`), written by the service controller.
+    Service,
     Member,
     Heartbeat,
 }
@@ -36,6 +39,7 @@ impl Kind {
             Kind::Alloc => "alloc",
             Kind::Eval => "eval",
             Kind::Deployment => "deployment",
+            Kind::Service => "service",
             Kind::Member => "member",
             Kind::Heartbeat => "heartbeat",
         }
@@ -224,6 +228,23 @@ impl Object for Deployment {
     }
     fn key(&self, keys: &Keys) -> String {
         keys.key(Kind::Deployment, self.namespace.as_str(), self.id.as_str())
+    }
+    fn set_indexes(&mut self, create: i64, modify: i64) {
+        self.create_index = create;
+        self.modify_index = modify;
+    }
+}
+
+impl Object for ServiceRegistration {
+    const KIND: Kind = Kind::Service;
+    fn index_value(&self, index: Index) -> Option<String> {
+        match index {
+            Index::ByJob => Some(job_index(self.namespace.as_str(), self.job_id.as_str())),
+            Index::ByNode => Some(self.node_id.to_string()),
+        }
+    }
+    fn key(&self, keys: &Keys) -> String {
+        keys.key(Kind::Service, self.namespace.as_str(), self.id.as_str())
     }
     fn set_indexes(&mut self, create: i64, modify: i64) {
         self.create_index = create;
