@@ -28,7 +28,7 @@ job "demo" {
       name        = "demo-webapp"
       port        = "http"
       tags        = ["urlprefix-/"]
-      canary_tags = ["canary"]
+      canary_tags = ["urlprefix-/", "canary"]
 
       check {
         type     = "http"

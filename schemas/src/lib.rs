@@ -11,6 +11,7 @@ pub mod eval;
 pub mod ids;
 pub mod job;
 pub mod jobspec;
+pub mod lb;
 pub mod node;
 pub mod plan;
 pub mod resources;
