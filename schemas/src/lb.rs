@@ -139,3 +139,122 @@ impl Instance {
         }
     }
 }
+
+impl Subset {
+    /// Whether the subset has no condition (it selects every instance).
+    pub fn is_all(&self) -> bool {
+        self.canary.is_none()
+            && self.job_version.is_none()
+            && self.tags.is_empty()
+            && self.meta.is_empty()
+    }
+
+    /// How the status page and the CLI name a subset: `canary=true`, `job_version=3`,
+    /// `tags=a,b`, `meta.k=v`, separated by spaces; `all` when it has no condition.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = self.canary {
+            parts.push(format!("canary={c}"));
+        }
+        if let Some(v) = self.job_version {
+            parts.push(format!("job_version={v}"));
+        }
+        if !self.tags.is_empty() {
+            parts.push(format!("tags={}", self.tags.join(",")));
+        }
+        for (k, v) in &self.meta {
+            parts.push(format!("meta.{k}={v}"));
+        }
+        if parts.is_empty() {
+            "all".to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// What is wrong with a TrafficSplit, as (path, message) pairs; paths are relative to the
+/// split (`service`, `splits`, `splits[1].subset.tags[0]`). Empty when it is valid.
+pub fn split_problems(split: &TrafficSplit) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if split.name.is_empty() {
+        out.push(("name".to_owned(), "must not be empty".to_owned()));
+    }
+    if split.service.is_empty() {
+        out.push((
+            "service".to_owned(),
+            "must name the service to split".to_owned(),
+        ));
+    }
+    if split.splits.is_empty() {
+        out.push((
+            "splits".to_owned(),
+            "must hold at least one {weight, subset}".to_owned(),
+        ));
+    } else if split
+        .splits
+        .iter()
+        .map(|s| u64::from(s.weight))
+        .sum::<u64>()
+        == 0
+    {
+        out.push((
+            "splits".to_owned(),
+            "the weights add up to 0: at least one share needs a positive weight".to_owned(),
+        ));
+    }
+    for (i, s) in split.splits.iter().enumerate() {
+        for (j, t) in s.subset.tags.iter().enumerate() {
+            if t.is_empty() {
+                out.push((
+                    format!("splits[{i}].subset.tags[{j}]"),
+                    "a tag must not be empty".to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(weights: &[u32]) -> TrafficSplit {
+        TrafficSplit {
+            name: "s".into(),
+            service: "web".into(),
+            splits: weights
+                .iter()
+                .map(|w| Split {
+                    weight: *w,
+                    subset: Subset::default(),
+                })
+                .collect(),
+            ..TrafficSplit::default()
+        }
+    }
+
+    #[test]
+    fn subsets_describe_themselves() {
+        assert_eq!(Subset::default().describe(), "all");
+        let s = Subset {
+            canary: Some(true),
+            job_version: Some(3),
+            tags: vec!["a".into(), "b".into()],
+            meta: [("k".to_owned(), "v".to_owned())].into(),
+        };
+        assert_eq!(s.describe(), "canary=true job_version=3 tags=a,b meta.k=v");
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        assert!(split_problems(&split(&[90, 10])).is_empty());
+        assert!(split_problems(&split(&[0, 10])).is_empty());
+        assert_eq!(split_problems(&split(&[0, 0]))[0].0, "splits");
+        assert_eq!(split_problems(&split(&[]))[0].0, "splits");
+        let mut s = split(&[1]);
+        s.service.clear();
+        assert_eq!(split_problems(&s)[0].0, "service");
+    }
+}

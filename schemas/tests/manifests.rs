@@ -34,7 +34,15 @@ fn every_manifest_validates() {
         let text = std::fs::read_to_string(&path).unwrap();
         let docs = decode(&name, &text).unwrap_or_else(|e| panic!("{e}"));
         assert!(!docs.is_empty(), "{name}: no documents");
-        for Document::Job(job) in docs {
+        for doc in docs {
+            let job = match doc {
+                Document::Job(job) => job,
+                Document::TrafficSplit(split) => {
+                    assert!(!split.service.is_empty(), "{name}");
+                    assert!(!split.splits.is_empty(), "{name}");
+                    continue;
+                }
+            };
             assert!(!job.id.is_empty(), "{name}");
             assert!(!job.task_groups.is_empty(), "{name}");
             // Canonical: restart policies and resources are filled in everywhere.
@@ -89,6 +97,10 @@ fn broken_copies_fail_with_a_line_number() {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path).unwrap();
         let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if text.contains("kind: TrafficSplit") {
+            broken_split_copies(&name, &text);
+            continue;
+        }
 
         // 1. An unclosed block.
         let unclosed = if yaml {
@@ -150,6 +162,25 @@ fn broken_copies_fail_with_a_line_number() {
     }
 }
 
+/// A TrafficSplit manifest has no count or duration: an unclosed flow mapping, a weight that is
+/// not a number, a negative weight and an unknown field each fail at their line.
+fn broken_split_copies(name: &str, text: &str) {
+    let needle = "weight: 90";
+    let line = Some(line_of(text, needle));
+    for (replacement, what) in [
+        ("weight: lots", "a weight that is not a number"),
+        ("weight: -90", "a negative weight"),
+        ("weihgt: 90", "an unknown field"),
+    ] {
+        let broken = text.replacen(needle, replacement, 1);
+        assert_ne!(broken, text, "{name}: has no {needle}");
+        assert_fails_at(name, &broken, line, what);
+    }
+    let unclosed = text.replacen("subset: {canary: false}", "subset: {canary: false", 1);
+    assert_ne!(unclosed, text, "{name}: could not break it");
+    assert_fails_at(name, &unclosed, None, "an unclosed mapping");
+}
+
 #[test]
 fn variables_and_locals_are_applied() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/variables.nomad.hcl");
@@ -203,7 +234,13 @@ fn the_older_port_map_syntax_decodes() {
 fn the_yaml_manifest_holds_two_jobs_with_their_metadata() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/web.yaml");
     let docs = decode("web.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let jobs: Vec<_> = docs.into_iter().map(|Document::Job(j)| j).collect();
+    let jobs: Vec<_> = docs
+        .into_iter()
+        .filter_map(|d| match d {
+            Document::Job(j) => Some(j),
+            Document::TrafficSplit(_) => None,
+        })
+        .collect();
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0].id.as_str(), "web");
     assert_eq!(jobs[0].meta["team"], "storefront");

@@ -102,7 +102,10 @@ pub fn run(args: ApplyArgs) -> Result<i32, CliError> {
                     continue;
                 }
             };
-            for Document::Job(mut job) in docs {
+            for doc in docs {
+                let Document::Job(mut job) = doc else {
+                    continue;
+                };
                 super::conn::place_in_namespace(&mut job, &client);
                 match apply_job(&client, &job).await {
                     Ok(what) => println!("job.caravan.io/{} {what}", job.id),

@@ -346,8 +346,16 @@ fn validate(vars: &VarArgs, files: &[String]) -> Result<i32, CliError> {
         let (name, text) = read_source(file)?;
         match jobspec::decode(&name, &text, &inputs) {
             Ok(docs) => {
-                for Document::Job(job) in docs {
-                    println!("{name}: job {:?} validation successful", job.id.as_str());
+                for doc in docs {
+                    match doc {
+                        Document::Job(job) => {
+                            println!("{name}: job {:?} validation successful", job.id.as_str());
+                        }
+                        Document::TrafficSplit(split) => println!(
+                            "{name}: traffic split {:?} validation successful",
+                            split.name
+                        ),
+                    }
                 }
             }
             Err(e) => {

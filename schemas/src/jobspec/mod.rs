@@ -10,6 +10,7 @@ pub mod convert;
 pub mod error;
 pub mod hcl;
 pub mod spec;
+pub mod split;
 pub mod tree;
 pub mod wrappers;
 pub mod yaml;
@@ -65,6 +66,8 @@ impl Format {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Document {
     Job(Box<Job>),
+    /// `kind: TrafficSplit`: weights over subsets of a service's instances.
+    TrafficSplit(Box<crate::lb::TrafficSplit>),
 }
 
 /// Reads every object in `text` (one job for HCL; one or more documents for YAML). `name` is
@@ -79,6 +82,14 @@ pub fn decode_job(name: &str, text: &str, vars: &VariableInputs) -> Result<Job, 
     match (docs.pop(), docs.is_empty()) {
         (Some(Document::Job(job)), true) => Ok(*job),
         (None, _) => Err(SpecError::invalid(None, "no job found").in_file(name)),
+        (Some(Document::TrafficSplit(s)), true) => Err(SpecError::invalid(
+            None,
+            format!(
+                "found TrafficSplit {:?} where a job was expected (use `caravan apply -f`)",
+                s.name
+            ),
+        )
+        .in_file(name)),
         (Some(_), false) => Err(SpecError::invalid(
             None,
             format!(
@@ -267,11 +278,17 @@ fn manifest(tree: &Tree) -> Result<Document, SpecError> {
             )?;
             Ok(Document::Job(Box::new(job)))
         }
+        Some("TrafficSplit") => {
+            split::traffic_split(tree, &metadata).map(|s| Document::TrafficSplit(Box::new(s)))
+        }
         Some(other) => Err(SpecError::invalid(
             at("kind"),
-            format!("unsupported kind {other:?}: expected Job"),
+            format!("unsupported kind {other:?}: expected Job or TrafficSplit"),
         )),
-        None => Err(SpecError::invalid(at(""), "missing kind: expected Job")),
+        None => Err(SpecError::invalid(
+            at(""),
+            "missing kind: expected Job or TrafficSplit",
+        )),
     }
 }
 
