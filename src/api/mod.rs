@@ -12,6 +12,7 @@ pub mod client;
 pub mod deployments;
 pub mod evaluations;
 pub mod jobs;
+pub mod lb;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
@@ -252,6 +253,7 @@ pub async fn route(api: &Api, req: Request) -> Result<Reply, ApiError> {
         Some("nodes" | "node") => nodes::route(server, &req, &segs).await,
         Some("deployments" | "deployment") => deployments::route(server, &req, &segs).await,
         Some("services" | "service") => services::route(server, &req, &segs).await,
+        Some("traffic-splits" | "traffic-split" | "lb") => lb::route(server, &req, &segs).await,
         Some("agent" | "status" | "regions") => agent::route(server, &req, &segs).await,
         Some("client") => client::route(api, &req, &segs).await,
         Some("metrics") => metrics::route(api, &req, &segs),
@@ -321,6 +323,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/services",
     "/v1/service/:name",
     "/v1/service/:name/:id",
+    "/v1/traffic-splits",
+    "/v1/traffic-split/:name",
+    "/v1/lb/routes",
     "/v1/namespaces",
     "/v1/namespace/:name",
     "/v1/vars",
@@ -662,6 +667,11 @@ mod tests {
             route_template("/v1/service/web/_nomad-task-x"),
             "/v1/service/:name/:id"
         );
+        assert_eq!(
+            route_template("/v1/traffic-split/demo"),
+            "/v1/traffic-split/:name"
+        );
+        assert_eq!(route_template("/v1/lb/routes"), "/v1/lb/routes");
         assert_eq!(route_template("/v1/var"), "unmatched");
         assert_eq!(route_template("/v1/nope/x"), "unmatched");
         assert_eq!(route_template("/metrics"), "/metrics");

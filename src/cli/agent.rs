@@ -288,6 +288,8 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     );
     let _services =
         crate::server::service_controller::start(Arc::clone(&server), leadership.is_leader.clone());
+    let _lb_config =
+        crate::server::lb_controller::start(Arc::clone(&server), leadership.is_leader.clone());
     crate::server::compactor::start(
         Arc::clone(&server),
         leadership.is_leader.clone(),

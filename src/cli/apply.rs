@@ -1,6 +1,7 @@
-//! `caravan apply -f FILE|DIR`: register every job manifest in the files given (any supported
-//! format, several documents per YAML file), one line per object as kubectl prints them:
-//! `job.caravan.io/web created|configured|unchanged`.
+//! `caravan apply -f FILE|DIR`: register every job manifest and TrafficSplit in the files given
+//! (any supported format, several documents per YAML file), one line per object as kubectl
+//! prints them: `job.caravan.io/web created|configured|unchanged`,
+//! `trafficsplit.caravan.io/web created|configured|unchanged`.
 
 use super::CliError;
 use super::conn::{ApiArgs, block_on};
@@ -8,6 +9,7 @@ use super::job::{VarArgs, read_source};
 use crate::client::Client;
 use caravan_schemas::job::Job;
 use caravan_schemas::jobspec::{self, Document};
+use caravan_schemas::lb::TrafficSplit;
 use clap::Args;
 use std::path::Path;
 
@@ -86,6 +88,19 @@ async fn apply_job(client: &Client, job: &Job) -> Result<&'static str, String> {
     Ok(outcome(previous, resp.job_modify_index))
 }
 
+async fn apply_split(client: &Client, split: &TrafficSplit) -> Result<&'static str, String> {
+    let previous = match client.traffic_split(&split.name).await {
+        Ok(s) => Some(s.modify_index),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    let index = client
+        .put_traffic_split(split)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(outcome(previous, index))
+}
+
 pub fn run(args: ApplyArgs) -> Result<i32, CliError> {
     let files = expand(&args.files)?;
     let inputs = args.vars.inputs()?;
@@ -103,8 +118,27 @@ pub fn run(args: ApplyArgs) -> Result<i32, CliError> {
                 }
             };
             for doc in docs {
-                let Document::Job(mut job) = doc else {
-                    continue;
+                let mut job = match doc {
+                    Document::Job(job) => job,
+                    Document::TrafficSplit(mut split) => {
+                        if let Some(ns) = &client.config().namespace
+                            && split.namespace.as_str() == "default"
+                            && ns != "*"
+                        {
+                            split.namespace = caravan_schemas::ids::Namespace::new(ns.clone());
+                        }
+                        match apply_split(&client, &split).await {
+                            Ok(what) => println!("trafficsplit.caravan.io/{} {what}", split.name),
+                            Err(e) => {
+                                failed += 1;
+                                eprintln!(
+                                    "Error applying TrafficSplit {:?} from {name}: {e}",
+                                    split.name
+                                );
+                            }
+                        }
+                        continue;
+                    }
                 };
                 super::conn::place_in_namespace(&mut job, &client);
                 match apply_job(&client, &job).await {

@@ -17,6 +17,7 @@ mod monitor;
 mod node;
 mod server;
 mod service;
+mod split;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,10 @@ enum Command {
     /// Inspect service registrations: list, info, delete.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Weighted traffic between subsets of a service's instances: list, status, delete
+    /// (register them with `caravan apply -f`).
+    #[command(subcommand)]
+    Split(split::SplitCommand),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -165,6 +170,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
         Command::Service(cmd) => service::run(cmd),
+        Command::Split(cmd) => split::run(cmd),
     }
 }
 

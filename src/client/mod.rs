@@ -13,6 +13,7 @@ use caravan_schemas::alloc::{Allocation, AllocationListStub};
 use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::{Job, JobListStub, JobSummary};
+use caravan_schemas::lb::{RouteTable, TrafficSplit};
 use caravan_schemas::node::{DrainSpec, Node, NodeListStub};
 use caravan_schemas::plan::{JobPlanRequest, JobPlanResponse};
 use caravan_schemas::service::{ServiceRegistration, ServiceRegistrationListStub};
@@ -248,6 +249,13 @@ fn method_word(m: &Method) -> String {
         first.make_ascii_uppercase();
     }
     out
+}
+
+/// `{"Index": n}`: what the load balancer's writes answer.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WriteIndex {
+    index: i64,
 }
 
 impl Client {
@@ -911,6 +919,60 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+
+    // ---- load balancer (Caravan extensions) ----
+
+    /// `GET /v1/traffic-splits`: the splits of the configured namespace (`*`: all), blocking
+    /// when `opts.index` is set.
+    pub async fn traffic_splits(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<TrafficSplit>, QueryMeta), ClientError> {
+        let (list, meta): (Option<Vec<TrafficSplit>>, QueryMeta) =
+            self.query(&["traffic-splits"], opts).await?;
+        Ok((list.unwrap_or_default(), meta))
+    }
+
+    /// `GET /v1/traffic-split/:name`.
+    pub async fn traffic_split(&self, name: &str) -> Result<TrafficSplit, ClientError> {
+        self.get(&["traffic-split", name]).await
+    }
+
+    /// `PUT /v1/traffic-split/:name`: creates or replaces the split; its ModifyIndex after the
+    /// write (the old one when nothing changed).
+    pub async fn put_traffic_split(&self, split: &TrafficSplit) -> Result<i64, ClientError> {
+        let resp: WriteIndex = self
+            .write(
+                Method::PUT,
+                &["traffic-split", &split.name],
+                &QueryOptions::default(),
+                split,
+            )
+            .await?;
+        Ok(resp.index)
+    }
+
+    /// `DELETE /v1/traffic-split/:name`: the index of the deletion.
+    pub async fn delete_traffic_split(&self, name: &str) -> Result<i64, ClientError> {
+        let (resp, _): (WriteIndex, QueryMeta) = self
+            .send(
+                Method::DELETE,
+                &["traffic-split", name],
+                &QueryOptions::default(),
+                None,
+            )
+            .await?;
+        Ok(resp.index)
+    }
+
+    /// `GET /v1/lb/routes`: the route table, blocking on its ModifyIndex when `opts.index` is
+    /// set.
+    pub async fn lb_routes(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<(RouteTable, QueryMeta), ClientError> {
+        self.query(&["lb", "routes"], opts).await
     }
 
     // ---- agent and status ----

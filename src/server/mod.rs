@@ -4,6 +4,7 @@ pub mod cache;
 pub mod compactor;
 pub mod deployment_controller;
 pub mod job_controller;
+pub mod lb_controller;
 pub mod leader;
 pub mod node_controller;
 pub mod objects;
@@ -12,6 +13,7 @@ pub mod service_controller;
 pub mod writes;
 pub mod writes_deployments;
 pub mod writes_nodes;
+pub mod writes_splits;
 
 use crate::store::Store;
 use cache::Informer;
@@ -19,6 +21,7 @@ use caravan_schemas::alloc::Allocation;
 use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::Job;
+use caravan_schemas::lb::{RouteTable, TrafficSplit};
 use caravan_schemas::node::Node;
 use caravan_schemas::service::ServiceRegistration;
 use objects::{JobVersion, Keys};
@@ -46,6 +49,8 @@ pub struct Informers {
     pub evals: Arc<Informer<Evaluation>>,
     pub deployments: Arc<Informer<Deployment>>,
     pub services: Arc<Informer<ServiceRegistration>>,
+    pub traffic_splits: Arc<Informer<TrafficSplit>>,
+    pub route_tables: Arc<Informer<RouteTable>>,
     pub members: Arc<Informer<leader::Member>>,
     pub heartbeats: Arc<Informer<writes_nodes::HeartbeatRecord>>,
 }
@@ -60,6 +65,8 @@ impl Informers {
             evals: Informer::new(),
             deployments: Informer::new(),
             services: Informer::new(),
+            traffic_splits: Informer::new(),
+            route_tables: Informer::new(),
             members: Informer::new(),
             heartbeats: Informer::new(),
         }
@@ -75,6 +82,8 @@ impl Informers {
             self.evals.index(),
             self.deployments.index(),
             self.services.index(),
+            self.traffic_splits.index(),
+            self.route_tables.index(),
         ]
         .into_iter()
         .max()
@@ -140,6 +149,8 @@ impl Server {
             .feed(&server.keys, &server.cache.evals)
             .feed(&server.keys, &server.cache.deployments)
             .feed(&server.keys, &server.cache.services)
+            .feed(&server.keys, &server.cache.traffic_splits)
+            .feed(&server.keys, &server.cache.route_tables)
             .feed(&server.keys, &server.cache.members)
             .feed(&server.keys, &server.cache.heartbeats);
         let span = tracing::info_span!("cache");
@@ -155,6 +166,8 @@ impl Server {
         server.cache.evals.wait_synced().await;
         server.cache.deployments.wait_synced().await;
         server.cache.services.wait_synced().await;
+        server.cache.traffic_splits.wait_synced().await;
+        server.cache.route_tables.wait_synced().await;
         server.cache.members.wait_synced().await;
         server.cache.heartbeats.wait_synced().await;
         tokio::spawn(gauges(Arc::clone(&server)).instrument(tracing::info_span!("cluster-gauges")));

@@ -8,6 +8,7 @@ use caravan_schemas::alloc::Allocation;
 use caravan_schemas::deployment::Deployment;
 use caravan_schemas::eval::Evaluation;
 use caravan_schemas::job::Job;
+use caravan_schemas::lb::{RouteTable, TrafficSplit};
 use caravan_schemas::node::Node;
 use caravan_schemas::service::ServiceRegistration;
 use serde::Serialize;
@@ -25,6 +26,10 @@ pub enum Kind {
     Deployment,
     /// Service registrations (`/v1/service/:name`), written by the service controller.
     Service,
+    /// TrafficSplits (`/v1/traffic-split/:name`), written by users.
+    TrafficSplit,
+    /// The load balancer's route table: one object, written by the lb-config controller.
+    RouteTable,
     Member,
     Heartbeat,
 }
@@ -40,6 +45,8 @@ impl Kind {
             Kind::Eval => "eval",
             Kind::Deployment => "deployment",
             Kind::Service => "service",
+            Kind::TrafficSplit => "traffic_split",
+            Kind::RouteTable => "route_table",
             Kind::Member => "member",
             Kind::Heartbeat => "heartbeat",
         }
@@ -93,6 +100,11 @@ impl Keys {
     /// All stored versions of one job.
     pub fn job_versions(&self, namespace: &str, id: &str) -> String {
         format!("{}/job_version/{namespace}/{id}/", self.root)
+    }
+
+    /// The route table's key: `/caravan/<region>/route_table/default/main`.
+    pub fn route_table(&self) -> String {
+        self.key(Kind::RouteTable, ROUTE_TABLE_NAMESPACE, ROUTE_TABLE_NAME)
     }
 
     /// The leader lock.
@@ -248,6 +260,31 @@ impl Object for ServiceRegistration {
     }
     fn set_indexes(&mut self, create: i64, modify: i64) {
         self.create_index = create;
+        self.modify_index = modify;
+    }
+}
+
+impl Object for TrafficSplit {
+    const KIND: Kind = Kind::TrafficSplit;
+    fn key(&self, keys: &Keys) -> String {
+        keys.key(Kind::TrafficSplit, self.namespace.as_str(), &self.name)
+    }
+    fn set_indexes(&mut self, create: i64, modify: i64) {
+        self.create_index = create;
+        self.modify_index = modify;
+    }
+}
+
+/// The namespace and name of the one route table.
+pub const ROUTE_TABLE_NAMESPACE: &str = "default";
+pub const ROUTE_TABLE_NAME: &str = "main";
+
+impl Object for RouteTable {
+    const KIND: Kind = Kind::RouteTable;
+    fn key(&self, keys: &Keys) -> String {
+        keys.route_table()
+    }
+    fn set_indexes(&mut self, _create: i64, modify: i64) {
         self.modify_index = modify;
     }
 }
