@@ -108,6 +108,7 @@ fn split_command<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
         "server",
         "deployment",
         "service",
+        "split",
     ];
     let n = match args.first() {
         Some(g) if groups.contains(g) => 2,
