@@ -390,11 +390,15 @@ fn serde_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
 
 /// serde names Rust types in its messages; say what a user would.
 fn plain(message: String) -> String {
-    ["i64", "i32", "u64", "u32", "u16", "u8"]
-        .iter()
-        .fold(message, |m, t| {
-            m.replace(&format!("expected {t}"), "expected a whole number")
-        })
+    let signed = ["i64", "i32"].iter().fold(message, |m, t| {
+        m.replace(&format!("expected {t}"), "expected a whole number")
+    });
+    ["u64", "u32", "u16", "u8"].iter().fold(signed, |m, t| {
+        m.replace(
+            &format!("expected {t}"),
+            "expected a non-negative whole number",
+        )
+    })
 }
 
 fn problem(tree: &Tree, path: &[Seg], message: String) -> Problem {
