@@ -242,8 +242,13 @@ async fn a_blocking_query_on_the_routes_wakes_on_a_change_only() {
                 .await
         }
     });
+    let put_at = Instant::now();
     ts.put(&reg("a2", 21002, false)).await;
     let resp = waiting.await.unwrap().expect(200);
+    eprintln!(
+        "the blocking query answered {:?} after the registration was written",
+        put_at.elapsed()
+    );
     assert!(resp.index.unwrap() > index);
     assert_eq!(
         backends(&resp.json()),
@@ -455,4 +460,45 @@ fn apply_list_status_and_delete_a_split_with_the_cli() {
         })
         .await;
     });
+}
+
+/// 2,000 instances of 100 services, written in batches as the service controller would:
+/// the table follows, and how long it takes is printed (debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_follows_its_registrations() {
+    use caravan::server::objects::Object;
+    use caravan::store::{Op, Txn};
+    let (ts, _leading) = server().await;
+    let started = Instant::now();
+    for batch in 0..20 {
+        let ops: Vec<Op> = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                let mut r = reg(&format!("alloc-{n:04}"), 20000 + n, n % 10 == 0);
+                r.service_name = format!("svc-{:03}", n % 100);
+                r.id = ServiceId::new(format!("_nomad-task-alloc-{n:04}-{}", r.service_name));
+                r.tags = vec![format!("urlprefix-/{}", r.service_name)];
+                Op::put(r.key(&ts.server.keys), serde_json::to_vec(&r).unwrap())
+            })
+            .collect();
+        ts.store.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let written = started.elapsed();
+    eventually(
+        Duration::from_secs(60),
+        "100 routes of 20 instances",
+        || async {
+            let t = routes(&ts).await;
+            let routes = t["Routes"].as_array().unwrap();
+            routes.len() == 100
+                && routes
+                    .iter()
+                    .all(|r| r["Backends"][0]["Instances"].as_array().unwrap().len() == 20)
+        },
+    )
+    .await;
+    eprintln!(
+        "2000 registrations written in {written:?}; table complete {:?} after the first write",
+        started.elapsed()
+    );
 }
