@@ -402,6 +402,25 @@ fn apply_list_status_and_delete_a_split_with_the_cli() {
     let out = ok(&agent.cli(dir.path(), &["apply", "-f", file]));
     assert_eq!(out.trim(), "trafficsplit.caravan.io/demo-webapp configured");
 
+    // A split in another namespace, named by its manifest.
+    let ops = dir.path().join("ops.yaml");
+    std::fs::write(
+        &ops,
+        "apiVersion: caravan.io/v1\nkind: TrafficSplit\nmetadata: {name: blue, namespace: ops}\n\
+         spec: {service: api, splits: [{weight: 1, subset: {tags: [blue]}}, {weight: 3}]}\n",
+    )
+    .unwrap();
+    let ops = ops.to_str().unwrap();
+    let out = ok(&agent.cli(dir.path(), &["apply", "-f", ops]));
+    assert_eq!(out.trim(), "trafficsplit.caravan.io/blue created");
+    let out = ok(&agent.cli(dir.path(), &["apply", "-f", ops]));
+    assert_eq!(out.trim(), "trafficsplit.caravan.io/blue unchanged");
+    let out = ok(&agent.cli(dir.path(), &["split", "list", "-namespace", "*"]));
+    assert!(
+        out.contains("blue         ops        api          25% tags=blue, 75% all"),
+        "{out}"
+    );
+
     let out = ok(&agent.cli(dir.path(), &["split", "list"]));
     assert_eq!(
         out.trim(),

@@ -6,7 +6,7 @@
 use super::CliError;
 use super::conn::{ApiArgs, block_on};
 use super::job::{VarArgs, read_source};
-use crate::client::Client;
+use crate::client::{Client, QueryOptions};
 use caravan_schemas::job::Job;
 use caravan_schemas::jobspec::{self, Document};
 use caravan_schemas::lb::TrafficSplit;
@@ -89,7 +89,12 @@ async fn apply_job(client: &Client, job: &Job) -> Result<&'static str, String> {
 }
 
 async fn apply_split(client: &Client, split: &TrafficSplit) -> Result<&'static str, String> {
-    let previous = match client.traffic_split(&split.name).await {
+    // A namespace the manifest names, when the client is not set to one, is asked for.
+    let opts = match client.config().namespace {
+        None => QueryOptions::default().param("namespace", split.namespace.as_str()),
+        Some(_) => QueryOptions::default(),
+    };
+    let previous = match client.traffic_split(&split.name, &opts).await {
         Ok(s) => Some(s.modify_index),
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e.to_string()),

@@ -86,7 +86,7 @@ async fn list(client: &Client, json: bool) -> Result<i32, CliError> {
 
 async fn status(client: &Client, name: &str, json: bool, verbose: bool) -> Result<i32, CliError> {
     let split = client
-        .traffic_split(name)
+        .traffic_split(name, &QueryOptions::default())
         .await
         .map_err(err("Error reading traffic split"))?;
     if json {

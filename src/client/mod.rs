@@ -934,9 +934,14 @@ impl Client {
         Ok((list.unwrap_or_default(), meta))
     }
 
-    /// `GET /v1/traffic-split/:name`.
-    pub async fn traffic_split(&self, name: &str) -> Result<TrafficSplit, ClientError> {
-        self.get(&["traffic-split", name]).await
+    /// `GET /v1/traffic-split/:name` (`opts` may name another namespace than the configured
+    /// one with `param("namespace", …)`).
+    pub async fn traffic_split(
+        &self,
+        name: &str,
+        opts: &QueryOptions,
+    ) -> Result<TrafficSplit, ClientError> {
+        Ok(self.query(&["traffic-split", name], opts).await?.0)
     }
 
     /// `PUT /v1/traffic-split/:name`: creates or replaces the split; its ModifyIndex after the
