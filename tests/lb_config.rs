@@ -521,3 +521,127 @@ async fn a_large_table_follows_its_registrations() {
         started.elapsed()
     );
 }
+
+/// Everything real: a raw_exec web server (busybox httpd) run by a dev agent, registered by the
+/// service controller once its http check passes, routed by the agent's lb-config controller;
+/// the split status shows the instances; stopping the job empties the table.
+#[test]
+fn a_running_service_is_routed_once_healthy() {
+    use cli_support::{Agent, ok};
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.nomad.hcl");
+    std::fs::write(
+        &job,
+        r#"job "web" {
+  datacenters = ["dc1"]
+  group "web" {
+    count = 2
+    network {
+      port "http" {}
+    }
+    service {
+      name = "web"
+      port = "http"
+      tags = ["urlprefix-/web strip=/web", "blue"]
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "1s"
+        timeout  = "1s"
+      }
+    }
+    task "httpd" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "mkdir -p local/www && echo ok > local/www/health && exec busybox httpd -f -p ${NOMAD_PORT_http} -h local/www"]
+      }
+      resources {
+        cpu    = 50
+        memory = 32
+      }
+    }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let split = dir.path().join("split.yaml");
+    std::fs::write(
+        &split,
+        "apiVersion: caravan.io/v1\nkind: TrafficSplit\nmetadata: {name: web}\n\
+         spec: {service: web, splits: [{weight: 3, subset: {tags: [blue]}}, {weight: 1, subset: {canary: true}}]}\n",
+    )
+    .unwrap();
+    ok(&agent.cli(
+        dir.path(),
+        &["job", "run", "-detach", job.to_str().unwrap()],
+    ));
+    ok(&agent.cli(dir.path(), &["apply", "-f", split.to_str().unwrap()]));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = cli_support::support::client::Client::new(&agent.address);
+    let instances = |t: &Value| {
+        t["Routes"][0]["Backends"][0]["Instances"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let table = rt.block_on(async {
+        eventually(Duration::from_secs(60), "two routed instances", || async {
+            instances(&c.get("/v1/lb/routes").await.expect(200).json()) == 2
+        })
+        .await;
+        c.get("/v1/lb/routes").await.expect(200).json()
+    });
+    let route = &table["Routes"][0];
+    assert_eq!(route["Prefix"], "/web");
+    assert_eq!(route["Strip"], "/web");
+    assert_eq!(route["Service"], "web");
+    let backends = route["Backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    assert_eq!(
+        (&backends[0]["Weight"], &backends[0]["Subset"]),
+        (&json!(3), &json!("tags=blue"))
+    );
+    assert_eq!(backends[1]["Instances"], json!([]));
+    // Each routed instance answers where the table says.
+    for inst in backends[0]["Instances"].as_array().unwrap() {
+        let url = format!(
+            "http://{}:{}/health",
+            inst["Address"].as_str().unwrap(),
+            inst["Port"]
+        );
+        let body = rt.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() });
+        assert_eq!(body.trim(), "ok", "{url}");
+    }
+    let status = ok(&agent.cli(dir.path(), &["split", "status", "web"]));
+    let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert!(
+        status
+            .lines()
+            .any(|l| words(l) == ["3", "75%", "tags=blue", "2"]),
+        "{status}"
+    );
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("tags=blue  "))
+            .count(),
+        2,
+        "{status}"
+    );
+
+    ok(&agent.cli(dir.path(), &["job", "stop", "-detach", "web"]));
+    rt.block_on(async {
+        eventually(
+            Duration::from_secs(60),
+            "no route once the job is stopped",
+            || async { c.get("/v1/lb/routes").await.expect(200).json()["Routes"] == json!([]) },
+        )
+        .await;
+    });
+}
