@@ -670,7 +670,11 @@ fn splay_delay(max: Duration) -> Duration {
         return Duration::ZERO;
     }
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
     Duration::from_nanos(h.finish() % nanos)
 }
@@ -1217,8 +1221,9 @@ impl TaskRunner {
         }
     }
 
-    /// `check_restart`: "Restart Signaled" with the reason, then the task is stopped with its
-    /// kill signal and timeout; the run loop restarts it through the restart policy.
+    /// `check_restart`, or a `restart` template re-rendered: "Restart Signaled" with the
+    /// reason, then the task is stopped with its kill signal and timeout; the run loop restarts
+    /// it (through the restart policy for a check, at once for a template).
     async fn restart_for_check(&self, driver: &dyn Driver, handle: &TaskHandle, reason: String) {
         self.event(
             TaskEvent::new(event_types::RESTART_SIGNALED, now_nanos()).with_restart_reason(reason),
