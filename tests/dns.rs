@@ -50,10 +50,12 @@ fn group(name: &str, port: u16, services: Value) -> Value {
     })
 }
 
-/// A check that passes while `down` does not exist.
-fn up_unless(down: &std::path::Path) -> Value {
+/// A check named `name` that passes while `down` does not exist. (Two services of one task
+/// need differently named checks: Nomad's check ids, which Caravan computes the same way, do
+/// not include the service name.)
+fn up_unless(name: &str, down: &std::path::Path) -> Value {
     json!([{
-        "Name": "up", "Type": "script", "Interval": 200 * MS, "Timeout": 2000 * MS,
+        "Name": name, "Type": "script", "Interval": 200 * MS, "Timeout": 2000 * MS,
         "Command": "/bin/sh", "Args": ["-c", format!("test ! -e {}", down.display())],
     }])
 }
@@ -66,8 +68,8 @@ fn demo_job(steady: u16, flaky: u16, down: &std::path::Path) -> Value {
         "TaskGroups": [
             group("steady", steady, json!([{"Name": "dnsweb", "PortLabel": "http"}])),
             group("flaky", flaky, json!([
-                {"Name": "dnsweb", "PortLabel": "http", "Checks": up_unless(down)},
-                {"Name": "dnsflaky", "PortLabel": "http", "Checks": up_unless(down)},
+                {"Name": "dnsweb", "PortLabel": "http", "Checks": up_unless("web-up", down)},
+                {"Name": "dnsflaky", "PortLabel": "http", "Checks": up_unless("flaky-up", down)},
             ])),
         ]
     }})
