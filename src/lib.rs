@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod dns;
 pub mod drivers;
 pub mod metrics;
 pub mod server;

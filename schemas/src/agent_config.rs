@@ -24,7 +24,26 @@ pub struct AgentConfigSpec {
     pub advertise: Option<Single<AddressesSpec>>,
     pub server: Option<Single<ServerSpec>>,
     pub client: Option<Single<ClientSpec>>,
+    pub dns: Option<Single<DnsSpec>>,
     pub plugin: Labelled<PluginSpec>,
+}
+
+/// `dns { enabled = true  port = 8600  bind = "127.0.0.1" }`: the agent answers
+/// `<service>.service.<dc>.caravan` (A and SRV, healthy instances) over UDP and TCP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSpec {
+    pub enabled: Option<bool>,
+    /// 8600 unless set; 0 picks a free port.
+    pub port: Option<u16>,
+    /// The address to listen on (the agent's `bind_addr` unless set).
+    pub bind: Option<String>,
+    /// The domain answered for (`caravan`).
+    pub domain: Option<String>,
+    /// The TTL of answers (`0s`: resolvers ask again every time).
+    pub ttl: Option<SpecDuration>,
+    /// How long a client-only agent keeps an answer from the servers (`1s`).
+    pub cache: Option<SpecDuration>,
 }
 
 /// `ports { http = 4646 }`.
@@ -174,6 +193,12 @@ plugin "docker" {
     allow_privileged = false
   }
 }
+dns {
+  enabled = true
+  port    = 8600
+  bind    = "127.0.0.1"
+  ttl     = "5s"
+}
 "#;
         let c = parse("agent.hcl", text).unwrap();
         assert_eq!(c.datacenter.as_deref(), Some("dc2"));
@@ -187,6 +212,12 @@ plugin "docker" {
         let client = c.client.unwrap().0;
         assert_eq!(client.meta.unwrap().0["rack"], Text("r1".into()));
         assert_eq!(c.plugin.0.len(), 2);
+        let dns = c.dns.unwrap().0;
+        assert_eq!(
+            (dns.enabled, dns.port, dns.bind.as_deref()),
+            (Some(true), Some(8600), Some("127.0.0.1"))
+        );
+        assert_eq!(dns.ttl.unwrap().0, crate::Duration::from_secs(5));
     }
 
     #[test]

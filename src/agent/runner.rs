@@ -651,6 +651,32 @@ enum Outcome {
     RestartSignaled,
     /// Failed in a way no restart fixes (a template that cannot render).
     Failed,
+    /// A template with `change_mode = "restart"` re-rendered; restarted at once, outside the
+    /// restart policy (as Nomad's user-requested restarts).
+    TemplateRestart,
+}
+
+/// The restart reason of a template-triggered restart (Nomad's display message).
+pub const TEMPLATE_RESTART_REASON: &str = "Template with change_mode restart re-rendered";
+
+/// Backoff bounds when the servers cannot be asked what templates read.
+const TEMPLATE_RETRY_MIN: Duration = Duration::from_secs(1);
+const TEMPLATE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A random duration in `[0, max)` (for `splay`), without a random-number dependency.
+fn splay_delay(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(h.finish() % nanos)
 }
 
 impl TaskRunner {
@@ -747,6 +773,19 @@ impl TaskRunner {
             let (failed_exit, exit) = match &outcome {
                 Outcome::Killed => return self.finish(false),
                 Outcome::Failed => return self.finish(true),
+                Outcome::TemplateRestart => {
+                    self.update(|s| {
+                        s.restarts += 1;
+                        s.last_restart = Timestamp::from_unix_nanos(now_nanos());
+                        s.push_event(
+                            TaskEvent::new(event_types::RESTARTING, now_nanos())
+                                .with_restart_reason(TEMPLATE_RESTART_REASON)
+                                .with_restart_delay(NomadDuration(0)),
+                            MAX_EVENTS,
+                        );
+                    });
+                    continue;
+                }
                 Outcome::StartFailed | Outcome::RestartSignaled => (true, None),
                 Outcome::Exited(exit) => (!exit.successful(), Some(exit)),
             };
@@ -914,6 +953,10 @@ impl TaskRunner {
                 self.restart_for_check(&*driver, &handle, reason).await;
                 Outcome::RestartSignaled
             }
+            () = self.watch_templates(&*driver, &handle) => {
+                self.restart_for_check(&*driver, &handle, TEMPLATE_RESTART_REASON.to_owned()).await;
+                Outcome::TemplateRestart
+            }
         };
         self.checks.stopped();
         let _ = std::fs::remove_file(self.handle_path());
@@ -998,6 +1041,149 @@ impl TaskRunner {
         Ok(vars)
     }
 
+    /// While the task runs: re-renders its templates whenever the services they read change
+    /// (blocking queries on `/v1/service/:name`), and applies the `change_mode` of those whose
+    /// file changed — `signal` sends `change_signal` (SIGHUP by default), `noop` does nothing,
+    /// `restart` makes this return (the caller restarts the task). `splay` delays the action by
+    /// a random part of it. Never returns for a task whose templates read no service.
+    async fn watch_templates(&self, driver: &dyn Driver, handle: &TaskHandle) {
+        let templates = &self.task.templates;
+        if templates.is_empty() {
+            return std::future::pending().await;
+        }
+        let env = self.task_env();
+        let namespace = self.job.namespace.as_str();
+        let source = &*self.ctx.template_source;
+        let cx = template::TaskContext {
+            task_dir: &self.task_dir,
+            env: &env,
+            node: &self.ctx.node,
+            namespace,
+            source,
+        };
+        let mut indexes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut backoff = TEMPLATE_RETRY_MIN;
+        loop {
+            let rendered = match template::rerender_all(templates, &cx).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-rendering templates failed; keeping the files as they are");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(TEMPLATE_RETRY_MAX);
+                    continue;
+                }
+            };
+            if !rendered.changed.is_empty()
+                && self
+                    .apply_change_modes(driver, handle, &rendered.changed)
+                    .await
+            {
+                return;
+            }
+            // Services read for the first time: learn their index, then render again so that
+            // no change between the render and the index is missed.
+            let new: Vec<String> = rendered
+                .services
+                .iter()
+                .filter(|name| !indexes.contains_key(*name))
+                .cloned()
+                .collect();
+            indexes.retain(|name, _| rendered.services.contains(name));
+            if !new.is_empty() {
+                for name in new {
+                    match source.wait_change(namespace, &name, 0).await {
+                        Ok(index) => {
+                            indexes.insert(name, index);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching a template's service failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(TEMPLATE_RETRY_MAX);
+                        }
+                    }
+                }
+                continue;
+            }
+            if indexes.is_empty() {
+                return std::future::pending().await;
+            }
+            let waits = indexes.iter().map(|(name, index)| {
+                let name = name.clone();
+                let index = *index;
+                Box::pin(async move { (source.wait_change(namespace, &name, index).await, name) })
+            });
+            let ((result, name), _, _) = futures::future::select_all(waits).await;
+            match result {
+                Ok(index) => {
+                    backoff = TEMPLATE_RETRY_MIN;
+                    indexes.insert(name, index);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching a template's service failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(TEMPLATE_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Applies the `change_mode` of the templates (by index) whose file changed; true when the
+    /// task is to be restarted.
+    async fn apply_change_modes(
+        &self,
+        driver: &dyn Driver,
+        handle: &TaskHandle,
+        changed: &[usize],
+    ) -> bool {
+        let changed: Vec<&caravan_schemas::job::Template> = changed
+            .iter()
+            .filter_map(|i| self.task.templates.get(*i))
+            .collect();
+        let splay = changed
+            .iter()
+            .map(|t| t.splay.to_std())
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let restart = changed
+            .iter()
+            .any(|t| t.change_mode.is_empty() || t.change_mode == "restart");
+        let signals: std::collections::BTreeSet<&str> = changed
+            .iter()
+            .filter(|t| t.change_mode == "signal")
+            .map(|t| {
+                if t.change_signal.is_empty() {
+                    "SIGHUP"
+                } else {
+                    t.change_signal.as_str()
+                }
+            })
+            .collect();
+        for t in &changed {
+            if !matches!(t.change_mode.as_str(), "" | "restart" | "signal" | "noop") {
+                tracing::warn!(change_mode = %t.change_mode, "template change_mode is not supported; treated as noop");
+            }
+        }
+        tracing::info!(templates = changed.len(), restart, "templates re-rendered");
+        if !restart && signals.is_empty() {
+            return false;
+        }
+        tokio::time::sleep(splay_delay(splay)).await;
+        if restart {
+            return true;
+        }
+        for sig in signals {
+            self.event(
+                TaskEvent::new(event_types::SIGNALING, now_nanos())
+                    .with_task_signal(sig)
+                    .with_display_message("Template re-rendered"),
+            );
+            if let Err(e) = driver.signal(handle, sig).await {
+                tracing::warn!(error = %e, signal = sig, "signalling the task after a template change failed");
+            }
+        }
+        false
+    }
+
     /// Where the running task's handle is kept, so a restarted agent can re-attach to it.
     fn handle_path(&self) -> PathBuf {
         self.task_dir.join(".caravan-handle.json")
@@ -1035,8 +1221,9 @@ impl TaskRunner {
         }
     }
 
-    /// `check_restart`: "Restart Signaled" with the reason, then the task is stopped with its
-    /// kill signal and timeout; the run loop restarts it through the restart policy.
+    /// `check_restart`, or a `restart` template re-rendered: "Restart Signaled" with the
+    /// reason, then the task is stopped with its kill signal and timeout; the run loop restarts
+    /// it (through the restart policy for a check, at once for a template).
     async fn restart_for_check(&self, driver: &dyn Driver, handle: &TaskHandle, reason: String) {
         self.event(
             TaskEvent::new(event_types::RESTART_SIGNALED, now_nanos()).with_restart_reason(reason),

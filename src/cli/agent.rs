@@ -36,6 +36,9 @@ pub struct AgentArgs {
     /// The HTTP API port (4646; 0 picks a free one).
     #[arg(long = "http-port")]
     pub http_port: Option<u16>,
+    /// Answer DNS queries on this port (UDP and TCP; 0 picks a free one). Turns DNS on.
+    #[arg(long = "dns-port")]
+    pub dns_port: Option<u16>,
     /// The region (global).
     #[arg(long)]
     pub region: Option<String>,
@@ -79,6 +82,19 @@ pub struct AgentConfig {
     pub servers: Vec<String>,
     /// The `plugin "<driver>" { config { … } }` blocks.
     pub plugins: crate::drivers::PluginConfigs,
+    /// The DNS interface (`dns { … }` or `-dns-port`), when on.
+    pub dns: Option<DnsSettings>,
+}
+
+/// The DNS interface's settings; see docs/dns.md.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub domain: String,
+    pub ttl: std::time::Duration,
+    /// How long a client-only agent keeps the servers' answer.
+    pub cache: std::time::Duration,
 }
 
 /// The `client { options { … } }` map, Nomad's older way to configure drivers.
@@ -119,6 +135,30 @@ impl AgentConfig {
             })?,
             (None, None) if args.dev => IpAddr::V4(Ipv4Addr::LOCALHOST),
             (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let dns_spec = spec.dns.clone().map(|d| d.0).unwrap_or_default();
+        let dns = if args.dns_port.is_some() || dns_spec.enabled.unwrap_or(false) {
+            Some(DnsSettings {
+                bind: match &dns_spec.bind {
+                    Some(text) => text.parse().map_err(|_| {
+                        CliError::new(1, format!("dns {{ bind = {text:?} }} is not an IP address"))
+                    })?,
+                    None => bind,
+                },
+                port: args
+                    .dns_port
+                    .or(dns_spec.port)
+                    .unwrap_or(crate::dns::DEFAULT_PORT),
+                domain: dns_spec.domain.clone().unwrap_or_else(|| "caravan".into()),
+                ttl: dns_spec
+                    .ttl
+                    .map_or(std::time::Duration::ZERO, |d| d.0.to_std()),
+                cache: dns_spec
+                    .cache
+                    .map_or(std::time::Duration::from_secs(1), |d| d.0.to_std()),
+            })
+        } else {
+            None
         };
         let server = args.dev || args.server || server_spec.enabled.unwrap_or(false);
         let client = args.dev || args.client || client_spec.enabled.unwrap_or(false);
@@ -184,6 +224,7 @@ impl AgentConfig {
                 }
                 plugins
             },
+            dns,
             heartbeat: {
                 let mut hb = crate::server::writes_nodes::HeartbeatConfig::default();
                 if let Some(ttl) = server_spec.min_heartbeat_ttl {
@@ -205,7 +246,7 @@ fn merge(base: &mut AgentConfigSpec, next: AgentConfigSpec) {
     }
     take!(
         name, region, datacenter, data_dir, bind_addr, log_level, ports, addresses, advertise,
-        server, client
+        server, client, dns
     );
     base.plugin.0.extend(next.plugin.0);
 }
@@ -304,6 +345,13 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
             let _ = stop_rx.await;
         },
     ));
+    let dns = start_dns(
+        &config,
+        Arc::new(crate::dns::CacheDirectory::new(Arc::clone(
+            &server.cache.services,
+        ))),
+    )
+    .await?;
     let client = if config.client {
         Some(start_client(&config, &data_dir, &advertise).await?)
     } else {
@@ -313,6 +361,7 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     println!("==> Caravan agent configuration:\n");
     println!("       Advertise Addrs: HTTP: {advertise}");
     println!("            Bind Addrs: HTTP: [{bound}]");
+    print_dns(dns.as_ref());
     println!(
         "                Client: {}",
         client
@@ -335,6 +384,9 @@ async fn agent(config: AgentConfig) -> Result<i32, CliError> {
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
+    if let Some(dns) = dns {
+        dns.shutdown().await;
+    }
     // Open requests (blocking queries, followed logs) get a moment to finish, not forever.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, api).await;
     let _ = store.close().await;
@@ -376,9 +428,22 @@ async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
         .instrument(tracing::info_span!("client_api", addr = %bound)),
     );
     let client = start_client(&config, &data_dir, &advertise).await?;
+    let dns = start_dns(
+        &config,
+        Arc::new(crate::dns::RemoteDirectory::new(
+            reqwest::Client::new(),
+            config.servers.iter().map(|s| server_url(s)).collect(),
+            config
+                .dns
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(1), |d| d.cache),
+        )),
+    )
+    .await?;
     println!("==> Caravan agent configuration:\n");
     println!("       Advertise Addrs: HTTP: {advertise}");
     println!("            Bind Addrs: HTTP: [{bound}]");
+    print_dns(dns.as_ref());
     println!("                Client: true (node {})", client.node_id);
     println!("               Servers: {}", config.servers.join(", "));
     println!("             Data Dir: {}", data_dir.display());
@@ -392,8 +457,48 @@ async fn client_only(config: AgentConfig) -> Result<i32, CliError> {
     shutdown_signal().await;
     println!("==> Caught signal: shutting down");
     let _ = stop_tx.send(());
+    if let Some(dns) = dns {
+        dns.shutdown().await;
+    }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, http).await;
     Ok(0)
+}
+
+/// `host:port` or a URL → a base URL.
+fn server_url(server: &str) -> String {
+    if server.starts_with("http://") || server.starts_with("https://") {
+        server.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// Starts the DNS interface when it is on, answering from `directory`.
+async fn start_dns(
+    config: &AgentConfig,
+    directory: Arc<dyn crate::dns::Directory>,
+) -> Result<Option<crate::dns::DnsServer>, CliError> {
+    let Some(dns) = &config.dns else {
+        return Ok(None);
+    };
+    let settings = crate::dns::DnsConfig {
+        bind: dns.bind,
+        port: dns.port,
+        domain: dns.domain.clone(),
+        datacenter: config.datacenter.clone(),
+        ttl: dns.ttl,
+    };
+    crate::dns::start(&settings, directory)
+        .await
+        .map(Some)
+        .map_err(|e| CliError::new(1, format!("starting DNS: {e}")))
+}
+
+/// The banner's DNS line (the address tests and users read the port from).
+fn print_dns(dns: Option<&crate::dns::DnsServer>) {
+    if let Some(dns) = dns {
+        println!("                   DNS: {} (udp, tcp)", dns.addr);
+    }
 }
 
 /// Binds the HTTP API's listener (`bind:http_port`); returns it, the address it got, and the

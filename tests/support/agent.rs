@@ -13,6 +13,8 @@ pub struct DevAgent {
     pub client: Client,
     pub addr: String,
     pub dir: tempfile::TempDir,
+    /// The DNS address from the startup banner, when DNS is on.
+    pub dns: Option<String>,
 }
 
 impl DevAgent {
@@ -26,14 +28,15 @@ impl DevAgent {
         let data = dir.path().to_str().unwrap().to_owned();
         let mut args = vec!["agent", "-dev", "-http-port", "0", "-data-dir", &data];
         args.extend_from_slice(extra);
-        let (child, addr) = spawn_agent(&args);
-        let addr = addr.expect("the dev agent prints its address");
+        let (child, banner) = spawn_agent_banner(&args);
+        let addr = banner.http.expect("the dev agent prints its address");
         let client = Client::new(&format!("http://{addr}"));
         DevAgent {
             child,
             client,
             addr,
             dir,
+            dns: banner.dns,
         }
     }
 
@@ -164,6 +167,22 @@ pub fn reap_tasks(data_dir: &std::path::Path) {
 /// An agent process with given arguments and its advertised HTTP address (once it printed
 /// "agent started"); the caller kills it.
 pub fn spawn_agent(args: &[&str]) -> (Child, Option<String>) {
+    let (child, banner) = spawn_agent_banner(args);
+    (child, banner.http)
+}
+
+/// The addresses an agent's startup banner shows.
+#[derive(Debug, Default)]
+pub struct Banner {
+    /// The advertised HTTP address.
+    pub http: Option<String>,
+    /// The DNS address (`ip:port`), when DNS is on.
+    pub dns: Option<String>,
+}
+
+/// An agent process with given arguments and what its banner said (once it printed "agent
+/// started"); the caller kills it.
+pub fn spawn_agent_banner(args: &[&str]) -> (Child, Banner) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
         .args(args)
         .stdout(Stdio::piped())
@@ -172,19 +191,22 @@ pub fn spawn_agent(args: &[&str]) -> (Child, Option<String>) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addr = None;
+    let mut banner = Banner::default();
     loop {
         assert!(Instant::now() < deadline, "the agent did not start");
         let line = lines.next().expect("agent output").unwrap();
         if line.contains("Advertise Addrs: HTTP:") {
-            addr = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
+            banner.http = Some(line.rsplit(' ').next().unwrap().trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("DNS: ") {
+            banner.dns = rest.split_whitespace().next().map(str::to_owned);
         }
         if line.contains("agent started") {
             break;
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, banner)
 }
 
 /// The types of a task's events, in order.

@@ -226,6 +226,15 @@ impl Parsed {
     /// Runs the template, fetching the services it asks for (a service nobody registered
     /// ranges over nothing).
     pub async fn render(&self, data: &Data<'_>) -> Result<String, TemplateError> {
+        self.render_tracked(data).await.map(|(out, _)| out)
+    }
+
+    /// [`Parsed::render`], also returning the names of the services the template read (what
+    /// to watch for changes).
+    pub async fn render_tracked(
+        &self,
+        data: &Data<'_>,
+    ) -> Result<(String, BTreeSet<String>), TemplateError> {
         let mut known: HashMap<String, Vec<ServiceInstance>> = HashMap::new();
         for _ in 0..MAX_ROUNDS {
             let (out, missing) = {
@@ -242,7 +251,7 @@ impl Parsed {
                 (out, round.missing.into_inner())
             };
             if missing.is_empty() {
-                return out.map_err(|e| {
+                let out = out.map_err(|e| {
                     let (line, col) = line_col(&self.src, e.pos);
                     TemplateError::Execute {
                         name: self.name.clone(),
@@ -250,7 +259,8 @@ impl Parsed {
                         col,
                         msg: e.msg,
                     }
-                });
+                })?;
+                return Ok((out, known.into_keys().collect()));
             }
             // Fetch what this round asked for, then run again with it (consul-template's way:
             // a template discovers its dependencies by running).
@@ -302,6 +312,71 @@ fn template_name(t: &Template) -> String {
     }
 }
 
+/// One template rendered, not yet written.
+struct Rendered {
+    name: String,
+    root: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    out: String,
+    services: BTreeSet<String>,
+}
+
+/// Reads a template's text, renders it, and works out where it goes.
+async fn render_one(t: &Template, cx: &TaskContext<'_>) -> Result<Rendered, TemplateError> {
+    let name = template_name(t);
+    let path_err = |what: &'static str| {
+        let name = name.clone();
+        move |source| TemplateError::Path { name, what, source }
+    };
+    let root = sandbox::canonical_root(cx.task_dir).map_err(path_err("task directory"))?;
+    let text = match (t.embedded_tmpl.is_empty(), t.source_path.is_empty()) {
+        (false, false) => return Err(TemplateError::DataAndSource { name }),
+        (true, true) => return Err(TemplateError::NoData { name }),
+        (false, true) => t.embedded_tmpl.clone(),
+        (true, false) => {
+            let src = env::interpolate(&t.source_path, cx.env, cx.node);
+            let path = sandbox::resolve(&root, cx.task_dir, &src, Absolute::InsideOnly)
+                .map_err(path_err("source"))?;
+            sandbox::check_real(&root, &path).map_err(path_err("source"))?;
+            read_source(&name, &path)?
+        }
+    };
+    let dest = env::interpolate(&t.dest_path, cx.env, cx.node);
+    let dest = sandbox::resolve(&root, cx.task_dir, &dest, Absolute::Rebase)
+        .map_err(path_err("destination"))?;
+    let data = Data {
+        env: cx.env,
+        namespace: cx.namespace,
+        source: cx.source,
+        err_missing_key: t.err_missing_key,
+    };
+    let (out, services) = parse(&name, &text, &t.left_delim, &t.right_delim)?
+        .render_tracked(&data)
+        .await?;
+    Ok(Rendered {
+        name,
+        root,
+        dest,
+        out,
+        services,
+    })
+}
+
+impl Rendered {
+    fn write(&self, t: &Template) -> Result<(), TemplateError> {
+        let mode = parse_perms(&self.name, &t.perms)?;
+        write_file(
+            &self.name,
+            &self.root,
+            &self.dest,
+            self.out.as_bytes(),
+            mode,
+            t.uid,
+            t.gid,
+        )
+    }
+}
+
 /// Renders every template into the task directory, in order; returns the variables of the
 /// `env = true` ones (later templates win).
 pub async fn render_all(
@@ -309,44 +384,13 @@ pub async fn render_all(
     cx: &TaskContext<'_>,
 ) -> Result<BTreeMap<String, String>, TemplateError> {
     let mut vars = BTreeMap::new();
-    if templates.is_empty() {
-        return Ok(vars);
-    }
     for t in templates {
-        let name = template_name(t);
-        let path_err = |what: &'static str| {
-            let name = name.clone();
-            move |source| TemplateError::Path { name, what, source }
-        };
-        let root = sandbox::canonical_root(cx.task_dir).map_err(path_err("task directory"))?;
-        let text = match (t.embedded_tmpl.is_empty(), t.source_path.is_empty()) {
-            (false, false) => return Err(TemplateError::DataAndSource { name }),
-            (true, true) => return Err(TemplateError::NoData { name }),
-            (false, true) => t.embedded_tmpl.clone(),
-            (true, false) => {
-                let src = env::interpolate(&t.source_path, cx.env, cx.node);
-                let path = sandbox::resolve(&root, cx.task_dir, &src, Absolute::InsideOnly)
-                    .map_err(path_err("source"))?;
-                sandbox::check_real(&root, &path).map_err(path_err("source"))?;
-                read_source(&name, &path)?
-            }
-        };
-        let dest = env::interpolate(&t.dest_path, cx.env, cx.node);
-        let dest = sandbox::resolve(&root, cx.task_dir, &dest, Absolute::Rebase)
-            .map_err(path_err("destination"))?;
-        let data = Data {
-            env: cx.env,
-            namespace: cx.namespace,
-            source: cx.source,
-            err_missing_key: t.err_missing_key,
-        };
-        let out = render_text(&name, &text, &t.left_delim, &t.right_delim, &data).await?;
-        let mode = parse_perms(&name, &t.perms)?;
-        write_file(&name, &root, &dest, out.as_bytes(), mode, t.uid, t.gid)?;
+        let r = render_one(t, cx).await?;
+        r.write(t)?;
         if t.envvars {
-            let parsed = parse_env_file(&out).map_err(|(line, msg)| TemplateError::EnvFile {
-                name: name.clone(),
-                path: dest.display().to_string(),
+            let parsed = parse_env_file(&r.out).map_err(|(line, msg)| TemplateError::EnvFile {
+                name: r.name.clone(),
+                path: r.dest.display().to_string(),
                 line,
                 msg,
             })?;
@@ -354,6 +398,35 @@ pub async fn render_all(
         }
     }
     Ok(vars)
+}
+
+/// What [`rerender_all`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rerendered {
+    /// Indexes (into the task's templates) of those whose file changed.
+    pub changed: Vec<usize>,
+    /// The services the templates read: what to watch.
+    pub services: BTreeSet<String>,
+}
+
+/// Renders every template again and rewrites the files whose content changed (a file that is
+/// missing counts as changed). Used while the task runs, when the services templates read
+/// change; the task's `change_mode` then decides what happens to it.
+pub async fn rerender_all(
+    templates: &[Template],
+    cx: &TaskContext<'_>,
+) -> Result<Rerendered, TemplateError> {
+    let mut result = Rerendered::default();
+    for (i, t) in templates.iter().enumerate() {
+        let r = render_one(t, cx).await?;
+        result.services.extend(r.services.iter().cloned());
+        let same = std::fs::read(&r.dest).is_ok_and(|old| old == r.out.as_bytes());
+        if !same {
+            r.write(t)?;
+            result.changed.push(i);
+        }
+    }
+    Ok(result)
 }
 
 /// The variables of the task's `env = true` templates, read from their rendered files.

@@ -60,7 +60,23 @@ pub trait TemplateSource: Send + Sync + std::fmt::Debug {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<ServiceInstance>, SourceError>;
+
+    /// Waits until service `name` in `namespace` may have changed since `index` (a blocking
+    /// query), and returns the index to wait from next. `index` 0 returns at once with the
+    /// current index. A source whose data never changes never returns (the default).
+    async fn wait_change(
+        &self,
+        namespace: &str,
+        name: &str,
+        index: u64,
+    ) -> Result<u64, SourceError> {
+        let _ = (namespace, name, index);
+        std::future::pending().await
+    }
 }
+
+/// How long one blocking query waits on the server before it is asked again.
+const WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Asks the servers' HTTP API, each in turn until one answers.
 #[derive(Debug, Clone)]
@@ -122,6 +138,83 @@ impl TemplateSource for ServerServices {
         Err(last.unwrap_or_else(|| SourceError::NoServers {
             name: name.to_owned(),
         }))
+    }
+
+    async fn wait_change(
+        &self,
+        namespace: &str,
+        name: &str,
+        index: u64,
+    ) -> Result<u64, SourceError> {
+        loop {
+            let mut last = None;
+            let mut got = None;
+            for base in &self.urls {
+                match self.blocking_index(base, namespace, name, index).await {
+                    Ok(i) => {
+                        got = Some(i);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match got {
+                // The wait ran out with nothing new: ask again.
+                Some(i) if i == index && index != 0 => continue,
+                Some(i) => return Ok(i),
+                None => {
+                    return Err(last.unwrap_or_else(|| SourceError::NoServers {
+                        name: name.to_owned(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl ServerServices {
+    /// One blocking query to `base`: the index of `GET /v1/service/:name` once past `index`
+    /// (or once the server's wait is over).
+    async fn blocking_index(
+        &self,
+        base: &str,
+        namespace: &str,
+        name: &str,
+        index: u64,
+    ) -> Result<u64, SourceError> {
+        let fail = |message: String| SourceError::Server {
+            server: base.to_owned(),
+            name: name.to_owned(),
+            message,
+        };
+        let wait = format!("{}s", WATCH_WAIT.as_secs());
+        let index_text = index.to_string();
+        let url = reqwest::Url::parse_with_params(
+            &format!("{base}/v1/service/{name}"),
+            [
+                ("namespace", namespace),
+                ("index", index_text.as_str()),
+                ("wait", wait.as_str()),
+            ],
+        )
+        .map_err(|e| fail(format!("bad server URL: {e}")))?;
+        let resp = self
+            .http
+            .get(url)
+            .timeout(WATCH_WAIT + std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(fail(format!("{status}: {}", body.trim())));
+        }
+        resp.headers()
+            .get("x-nomad-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| fail("the answer has no X-Nomad-Index".into()))
     }
 }
 

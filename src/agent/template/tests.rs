@@ -640,3 +640,60 @@ fn the_seed_templates_render() {
         ]
     );
 }
+
+#[tokio::test]
+async fn rerendering_rewrites_only_changed_files_and_names_the_services_read() {
+    let (_dir, task) = task_templates_dir();
+    let env = env();
+    let node = Node::default();
+    let mut source = services();
+    let templates = vec![
+        tmpl(
+            "local/api.txt",
+            "{{ range nomadService \"api\" }}{{ .Address }}:{{ .Port }}\n{{ end }}",
+        ),
+        tmpl("local/static.txt", "port {{ env \"NOMAD_PORT_http\" }}"),
+        tmpl(
+            "local/db.txt",
+            "{{ range nomadService \"db\" }}{{ .Port }}{{ end }}",
+        ),
+    ];
+    {
+        let cx = TaskContext {
+            task_dir: &task,
+            env: &env,
+            node: &node,
+            namespace: "default",
+            source: &source,
+        };
+        render_all(&templates, &cx).await.unwrap();
+        let again = rerender_all(&templates, &cx).await.unwrap();
+        assert!(again.changed.is_empty(), "nothing changed: {again:?}");
+        assert_eq!(
+            again.services,
+            BTreeSet::from(["api".to_owned(), "db".to_owned()])
+        );
+    }
+    // One instance goes away: only the file that lists it is rewritten.
+    source.services.get_mut("api").unwrap().pop();
+    let cx = TaskContext {
+        task_dir: &task,
+        env: &env,
+        node: &node,
+        namespace: "default",
+        source: &source,
+    };
+    let changed = rerender_all(&templates, &cx).await.unwrap();
+    assert_eq!(changed.changed, [0]);
+    assert_eq!(
+        std::fs::read_to_string(task.join("local/api.txt")).unwrap(),
+        "10.0.0.1:8000\n"
+    );
+    // A file removed from under the task counts as changed and is written again.
+    std::fs::remove_file(task.join("local/static.txt")).unwrap();
+    assert_eq!(rerender_all(&templates, &cx).await.unwrap().changed, [1]);
+    assert_eq!(
+        std::fs::read_to_string(task.join("local/static.txt")).unwrap(),
+        "port 8080"
+    );
+}
