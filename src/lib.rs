@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod drivers;
+pub mod lb;
 pub mod metrics;
 pub mod server;
 pub mod store;

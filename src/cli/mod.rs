@@ -13,6 +13,7 @@ mod diff;
 mod eval;
 mod format;
 mod job;
+mod lb;
 mod monitor;
 mod node;
 mod server;
@@ -66,6 +67,9 @@ enum Command {
     /// Inspect service registrations: list, info, delete.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Run the HTTP load balancer: routes from the servers' route table to healthy service
+    /// instances (:9999), status page and metrics on :9998.
+    Lb(lb::LbArgs),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -165,6 +169,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Node(cmd) => node::run(cmd),
         Command::Server(cmd) => server::run(cmd),
         Command::Service(cmd) => service::run(cmd),
+        Command::Lb(args) => lb::run(args),
     }
 }
 
