@@ -777,3 +777,29 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let slow = Upstream::start("slow").await;
+    let mut lb = Lb::start(&table(
+        1,
+        vec![route("", "/", "slow", vec![backend(100, &[&slow])])],
+    ));
+    let pending = tokio::spawn(lb.http.get(lb.url("/?delay_ms=700")).send());
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        || async { slow.hits() >= 1 },
+    )
+    .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(lb.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slow");
+    let status = tokio::task::spawn_blocking(move || lb.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
