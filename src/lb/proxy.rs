@@ -5,11 +5,13 @@
 //! A request whose connection attempt is refused goes to another instance of the route (at most
 //! once per instance): nothing of it has reached an upstream yet, so any method is safe to
 //! resend. The request body is handed to the client through a slot it takes the body from when
-//! it starts sending; a failure that leaves the slot full left the body unread. Two more cases
-//! are retried on the same terms, because the upstream never saw the request: the client
-//! reported the request as not sent (a pooled connection closed under it), and — for idempotent
-//! requests without a body only — a pooled connection that was closed by the upstream as the
-//! request went out (the keep-alive race every proxy meets, which nginx retries as well).
+//! it starts sending; a failure that leaves the slot full left the body unread. The client
+//! reporting the request as not sent (a pooled connection closed under it) is retried on the
+//! same terms. Idempotent requests without a body are also retried when a pooled keep-alive
+//! connection turns out closed or reset before any response byte came back — the race every
+//! proxy with upstream keep-alive meets (an upstream that closed or died while the connection
+//! sat idle), which nginx retries as well. The upstream may have received such a request,
+//! hence the restriction to requests that are safe to repeat; other methods get a 502.
 
 use super::route::{redirect_location, strip_path};
 use super::table::{Action, CompiledRoute, TableSlot};
@@ -193,6 +195,17 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
             if h.is_incomplete_message() {
                 return Failure::ClosedEarly;
             }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            // Reset before any response byte arrived (a response would have been returned).
+            return Failure::ClosedEarly;
         }
         source = s.source();
     }
