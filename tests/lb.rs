@@ -803,3 +803,37 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_post_is_resent_whole_to_another_instance() {
+    let mut dead = Upstream::start("dead").await;
+    let alive = Upstream::start("alive").await;
+    dead.kill().await;
+    let lb = Lb::start(&table(
+        1,
+        vec![route("", "/", "web", vec![backend(100, &[&dead, &alive])])],
+    ));
+    let body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
+    for _ in 0..6 {
+        let r = lb
+            .http
+            .post(lb.url("/echo"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-upstream"), "alive");
+        assert!(
+            r.bytes().await.unwrap()[..] == body[..],
+            "the body arrived changed"
+        );
+    }
+    assert_eq!(alive.hits(), 6);
+    let m = lb.metrics().await;
+    assert_eq!(
+        series(&m, r#"caravan_lb_errors_total{route="/",kind="connect"}"#),
+        3.0,
+        "{m}"
+    );
+}
