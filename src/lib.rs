@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod dns;
 pub mod drivers;
+pub mod lb;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -251,7 +251,7 @@ fn merge(base: &mut AgentConfigSpec, next: AgentConfigSpec) {
     base.plugin.0.extend(next.plugin.0);
 }
 
-fn init_logging(level: &str) {
+pub(super) fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CARAVAN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("caravan={level},warn")));
     let _ = tracing_subscriber::fmt()
@@ -603,7 +603,7 @@ async fn start_client(
     .map_err(|e| CliError::new(1, format!("starting the client: {e}")))
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -13,6 +13,7 @@ mod diff;
 mod eval;
 mod format;
 mod job;
+mod lb;
 mod monitor;
 mod node;
 mod server;
@@ -71,6 +72,9 @@ enum Command {
     /// (register them with `caravan apply -f`).
     #[command(subcommand)]
     Split(split::SplitCommand),
+    /// Run the HTTP load balancer: routes from the servers' route table to healthy service
+    /// instances (:9999), status page and metrics on :9998.
+    Lb(lb::LbArgs),
 }
 
 /// A command's failure: what to print and the exit status.
@@ -171,6 +175,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Server(cmd) => server::run(cmd),
         Command::Service(cmd) => service::run(cmd),
         Command::Split(cmd) => split::run(cmd),
+        Command::Lb(args) => lb::run(args),
     }
 }
 
