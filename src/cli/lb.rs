@@ -63,7 +63,9 @@ pub fn run(args: LbArgs) -> Result<i32, CliError> {
         return Err(CliError::new(1, "-servers names no server"));
     }
     super::agent::init_logging(&args.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The proxy runs on its own per-core workers (`crate::lb`); this runtime only follows the
+    // route table and serves the status side.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(1, format!("starting the runtime: {e}")))?;
