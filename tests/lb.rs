@@ -81,6 +81,15 @@ async fn answer(
 
 impl Upstream {
     async fn start(name: &str) -> Upstream {
+        Self::start_with(name, None).await
+    }
+
+    /// An upstream that speaks TLS with `tls`'s certificate.
+    async fn start_tls(name: &str, tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Upstream {
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -95,12 +104,18 @@ impl Upstream {
                 };
                 let name = Arc::clone(&name_arc);
                 let hits = Arc::clone(&counter);
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let service =
                         service_fn(move |req| answer(Arc::clone(&name), Arc::clone(&hits), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(s) => http.serve_connection(TokioIo::new(s), service).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -510,14 +525,9 @@ async fn strip_redirect_and_forwarded_headers() {
         "https://new.example.com/old/page?q=1"
     );
 
+    // proto=https to an upstream that speaks plain HTTP: the handshake fails, a 502.
     let r = lb.get("/tls").await;
     assert_eq!(r.status(), 502);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("https upstreams are not supported")
-    );
 
     let r = lb.get("/empty").await;
     assert_eq!(r.status(), 503);
@@ -835,5 +845,85 @@ async fn a_refused_post_is_resent_whole_to_another_instance() {
         series(&m, r#"caravan_lb_errors_total{route="/",kind="connect"}"#),
         3.0,
         "{m}"
+    );
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1: the CA as PEM, the server's TLS settings.
+fn test_pki() -> (String, Arc<tokio_rustls::rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let der =
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der)
+    .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_route_speaks_tls_to_upstreams_signed_by_a_trusted_ca() {
+    let (ca_pem, server) = test_pki();
+    let secure = Upstream::start_tls("secure", server).await;
+    let mut tls = route("", "/", "secure", vec![backend(100, &[&secure])]);
+    tls.proto = "https".into();
+    let t = table(1, vec![tls]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let routes = dir.path().join("routes.json");
+    write_table(&routes, &t);
+
+    // Trusting the CA: the request goes through over TLS.
+    let (mut child, proxy, _) = spawn_lb(&[
+        "-routes",
+        routes.to_str().unwrap(),
+        "-upstream-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let r = client()
+        .get(format!("http://{proxy}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-upstream"), "secure");
+    assert_eq!(header(&r, "x-path"), "/hello");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Not trusting it: the certificate is refused, a 502, and the upstream saw no request.
+    let before = secure.hits();
+    let lb = Lb::start(&t);
+    let r = lb.get("/hello").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(secure.hits(), before);
+
+    // A CA file that is not one fails at start, saying which.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "nope").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .args(["lb", "-addr", "127.0.0.1:0", "-ui-addr", "127.0.0.1:0"])
+        .args(["-routes", routes.to_str().unwrap()])
+        .args(["-upstream-ca", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.pem") && err.contains("no certificate"),
+        "{err}"
     );
 }

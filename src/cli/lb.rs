@@ -23,6 +23,10 @@ pub struct LbArgs {
     /// benchmarks without a cluster).
     #[arg(long, value_name = "FILE")]
     pub routes: Option<PathBuf>,
+    /// A PEM bundle of CAs trusted, besides Mozilla's roots, by upstreams of `proto=https`
+    /// routes (their certificates must name the instance's IP address).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
     /// Log level: trace, debug, info, warn, error (overridden by $CARAVAN_LOG).
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -51,6 +55,7 @@ impl LbArgs {
             addr: self.addr.clone(),
             ui_addr: self.ui_addr.clone(),
             source,
+            upstream_ca: self.upstream_ca.clone(),
         }
     }
 }
@@ -85,6 +90,7 @@ mod tests {
             ui_addr: "0.0.0.0:9998".into(),
             servers: servers.map(Into::into),
             routes: routes.map(Into::into),
+            upstream_ca: None,
             log_level: "info".into(),
         }
     }

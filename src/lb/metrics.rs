@@ -4,7 +4,7 @@
 //! - `caravan_lb_requests_total{route,service,code}`: answered requests;
 //! - `caravan_lb_errors_total{route,kind}`: failures on the way (`connect`: an instance refused
 //!   or could not be reached, retried when another was left; `upstream`: the exchange broke;
-//!   `no_instance`, `https`, `no_route`, `no_table`);
+//!   `no_instance`, `no_route`, `no_table`);
 //! - `caravan_lb_request_duration_seconds{route}`: time until the response headers;
 //! - `caravan_lb_routes`: routes in the current table.
 //!

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod table;
+pub mod tls;
 pub mod ui;
 pub mod watch;
 
@@ -63,6 +64,8 @@ pub struct LbConfig {
     pub addr: String,
     pub ui_addr: String,
     pub source: Source,
+    /// Extra CAs trusted for `proto=https` upstreams.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Why the load balancer could not start.
@@ -76,6 +79,8 @@ pub enum LbError {
     },
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("starting the proxy workers: {source}")]
     Workers { source: std::io::Error },
 }
@@ -88,6 +93,8 @@ pub async fn run(config: LbConfig, shutdown: impl Future<Output = ()>) -> Result
             .await
             .map_err(|source| LbError::Bind { what, addr, source })
     };
+    // Checked now, so that a bad CA file fails at start; each worker builds its own.
+    tls::client_config(config.upstream_ca.as_deref())?;
     let source_text = config.source.describe();
     let metrics = Arc::new(metrics::LbMetrics::new());
     let slot = Arc::new(table::TableSlot::new(metrics, &source_text));
@@ -127,8 +134,14 @@ pub async fn run(config: LbConfig, shutdown: impl Future<Output = ()>) -> Result
         addr: config.addr.clone(),
         source,
     })?;
-    let workers = spawn_workers(&listener, &slot, &stopped, &proxy_addr)
-        .map_err(|source| LbError::Workers { source })?;
+    let workers = spawn_workers(
+        &listener,
+        &slot,
+        config.upstream_ca.as_deref(),
+        &stopped,
+        &proxy_addr,
+    )
+    .map_err(|source| LbError::Workers { source })?;
     shutdown.await;
     tracing::info!("draining in-flight requests");
     stop.send_replace(true);
@@ -150,6 +163,7 @@ pub async fn run(config: LbConfig, shutdown: impl Future<Output = ()>) -> Result
 fn spawn_workers(
     listener: &std::net::TcpListener,
     slot: &Arc<table::TableSlot>,
+    upstream_ca: Option<&std::path::Path>,
     stop: &tokio::sync::watch::Receiver<bool>,
     addr: &str,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -159,6 +173,7 @@ fn spawn_workers(
         .map(|i| {
             let (listener, slot, mut stop) =
                 (listener.try_clone()?, Arc::clone(slot), stop.clone());
+            let ca = upstream_ca.map(std::path::Path::to_owned);
             let span = tracing::info_span!("lb_proxy", addr = %addr, worker = i);
             std::thread::Builder::new()
                 .name(format!("lb-worker-{i}"))
@@ -176,7 +191,11 @@ fn spawn_workers(
                                 Ok(l) => l,
                                 Err(e) => return tracing::error!(error = %e, "proxy listener"),
                             };
-                            let proxy = Arc::new(proxy::Proxy::new(slot));
+                            let tls = match tls::client_config(ca.as_deref()) {
+                                Ok(t) => t,
+                                Err(e) => return tracing::error!(error = %e, "TLS settings"),
+                            };
+                            let proxy = Arc::new(proxy::Proxy::new(slot, tls));
                             let graceful = GracefulShutdown::new();
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;

@@ -17,11 +17,12 @@ use super::route::{redirect_location, strip_path};
 use super::table::{Action, CompiledRoute, TableSlot};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -168,7 +169,7 @@ impl HeldBody {
 #[derive(Debug)]
 pub struct Proxy {
     slot: Arc<TableSlot>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
 }
 
 /// Why an attempt failed, and whether another instance may be tried.
@@ -295,11 +296,18 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl Proxy {
-    /// A proxy routing by `slot`, with its own connection pool.
-    pub fn new(slot: Arc<TableSlot>) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    /// A proxy routing by `slot`, with its own connection pool; `tls` is how it speaks to the
+    /// upstreams of `proto=https` routes.
+    pub fn new(slot: Arc<TableSlot>, tls: rustls::ClientConfig) -> Proxy {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -361,16 +369,6 @@ impl Proxy {
                         )
                     }
                 }
-            }
-            Action::Https => {
-                route.metrics.error("https");
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "caravan lb: route {}: https upstreams are not supported\n",
-                        route.label
-                    ),
-                )
             }
         };
         route
@@ -438,7 +436,7 @@ impl Proxy {
                 );
             };
             let mut uri_parts = http::uri::Parts::default();
-            uri_parts.scheme = Some(Scheme::HTTP);
+            uri_parts.scheme = Some(route.scheme.clone());
             uri_parts.authority = Some(upstream.authority.clone());
             uri_parts.path_and_query = Some(path_and_query.clone());
             let (Ok(upstream_uri), Some(body)) = (Uri::from_parts(uri_parts), held.attempt())

@@ -22,8 +22,6 @@ pub enum Action {
     Proxy,
     /// Answer with this redirect (status, `Location` template).
     Redirect(http::StatusCode, String),
-    /// The route wants TLS to its upstreams, which this build cannot speak.
-    Https,
 }
 
 /// A route with what the proxy needs at hand.
@@ -33,6 +31,8 @@ pub struct CompiledRoute {
     pub label: String,
     pub route: Route,
     pub action: Action,
+    /// How its upstreams are spoken to: `http`, or `https` for `proto=https`.
+    pub scheme: http::uri::Scheme,
     /// Per backend (same positions as `route.backends`), the usable instances.
     pub upstreams: Vec<Vec<Upstream>>,
     pub balancer: Balancer,
@@ -125,16 +125,20 @@ fn compile_route(route: &Route, metrics: &LbMetrics) -> CompiledRoute {
             .filter(http::StatusCode::is_redirection)
             .unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
         Action::Redirect(code, r.url.clone())
-    } else if route.proto.eq_ignore_ascii_case("https") {
-        Action::Https
     } else {
         Action::Proxy
+    };
+    let scheme = if route.proto.eq_ignore_ascii_case("https") {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
     };
     CompiledRoute {
         metrics: metrics.route(&label, &route.service),
         label,
         route: route.clone(),
         action,
+        scheme,
         balancer: Balancer::new(&shape),
         upstreams,
     }
