@@ -7,7 +7,7 @@ use super::{ApiError, Reply, Request, block_on, find_by_prefix, not_found};
 use crate::server::Server;
 use crate::server::cache::Snapshot;
 use crate::server::objects::Kind;
-use crate::server::writes_deployments::DeploymentAction;
+use crate::server::writes_deployments::{DeploymentAction, recency};
 use caravan_schemas::AllocId;
 use caravan_schemas::deployment::Deployment;
 use serde::Deserialize;
@@ -100,7 +100,7 @@ fn job_deployments<'a>(
         .filter(|d| d.job_id.as_str() == job && d.namespace.as_str() == ns)
         .map(AsRef::as_ref)
         .collect();
-    list.sort_by_key(|d| std::cmp::Reverse((d.create_index, d.job_version)));
+    list.sort_by_key(|d| std::cmp::Reverse(recency(d)));
     list
 }
 

@@ -22,17 +22,13 @@
 use super::CliError;
 use super::conn::err;
 use super::format::{limit, now_nanos};
-use super::monitor::{info, output};
-use crate::client::{Client, QueryOptions};
+use super::monitor::{BLOCKING_WAIT, Poll, info, output};
+use crate::client::Client;
 use caravan_schemas::alloc::AllocationListStub;
 use caravan_schemas::deployment::{Deployment, DeploymentState, DeploymentStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// How long one blocking query waits for the deployment to change.
-const BLOCKING_WAIT: Duration = Duration::from_secs(10);
-/// The shortest time between two polls, should the server answer without blocking.
-const MIN_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How long to wait for a job's deployment to appear: the controller creates it right after
 /// the evaluation that places the new version.
 const DEPLOYMENT_PATIENCE: Duration = Duration::from_secs(5);
@@ -333,14 +329,9 @@ pub async fn monitor_deployment(
 ) -> Result<Ending, CliError> {
     let mut monitor = DeployMonitor::new(length);
     println!("{}", monitor.start(id, now_nanos()));
-    let mut index = since.max(0);
+    let mut poll = Poll::since(since);
     loop {
-        let started = Instant::now();
-        let opts = if index > 0 {
-            QueryOptions::blocking(index, BLOCKING_WAIT)
-        } else {
-            QueryOptions::default()
-        };
+        let opts = poll.options(BLOCKING_WAIT);
         let (deployment, meta) = client
             .deployment(id, &opts)
             .await
@@ -356,11 +347,7 @@ pub async fn monitor_deployment(
             println!("{line}");
             return Ok(ending);
         }
-        index = meta.last_index.max(index);
-        let elapsed = started.elapsed();
-        if elapsed < MIN_POLL_INTERVAL {
-            tokio::time::sleep(MIN_POLL_INTERVAL - elapsed).await;
-        }
+        poll.seen(meta.last_index).await;
     }
 }
 
@@ -372,15 +359,9 @@ pub async fn await_job_deployment(
     wanted: impl Fn(&Deployment) -> bool,
 ) -> Result<Option<Deployment>, CliError> {
     let deadline = Instant::now() + DEPLOYMENT_PATIENCE;
-    let mut index = 0;
+    let mut poll = Poll::since(0);
     loop {
-        let started = Instant::now();
-        let remaining = deadline.saturating_duration_since(started);
-        let opts = if index > 0 {
-            QueryOptions::blocking(index, remaining.max(MIN_POLL_INTERVAL))
-        } else {
-            QueryOptions::default()
-        };
+        let opts = poll.options(deadline.saturating_duration_since(Instant::now()));
         let (latest, meta) = match client.job_latest_deployment_query(job_id, &opts).await {
             Ok(answer) => answer,
             // The job is gone (purged meanwhile): there is nothing to follow.
@@ -393,11 +374,7 @@ pub async fn await_job_deployment(
         if Instant::now() >= deadline {
             return Ok(None);
         }
-        index = meta.last_index.max(index);
-        let elapsed = started.elapsed();
-        if elapsed < MIN_POLL_INTERVAL {
-            tokio::time::sleep(MIN_POLL_INTERVAL - elapsed).await;
-        }
+        poll.seen(meta.last_index).await;
     }
 }
 

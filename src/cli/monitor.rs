@@ -21,10 +21,48 @@ use caravan_schemas::eval::{EvalStatus, Evaluation};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How long one blocking query waits for the evaluation to change.
-const BLOCKING_WAIT: Duration = Duration::from_secs(10);
+/// How long one blocking query waits for what a monitor follows to change.
+pub const BLOCKING_WAIT: Duration = Duration::from_secs(10);
 /// The shortest time between two polls, should the server answer without blocking.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The pacing every monitor's blocking queries share: the first look reads at once (unless an
+/// index to wait past is given), later ones wait for a change past the index last seen, and
+/// two looks are never closer than [`MIN_POLL_INTERVAL`] should a server answer at once.
+#[derive(Debug)]
+pub struct Poll {
+    index: i64,
+    started: Instant,
+}
+
+impl Poll {
+    /// Starts polling; the first look waits past `index` when it is above 0.
+    pub fn since(index: i64) -> Poll {
+        Poll {
+            index: index.max(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The options of the next look, waiting up to `wait`.
+    pub fn options(&mut self, wait: Duration) -> QueryOptions {
+        self.started = Instant::now();
+        if self.index > 0 {
+            QueryOptions::blocking(self.index, wait.max(MIN_POLL_INTERVAL))
+        } else {
+            QueryOptions::default()
+        }
+    }
+
+    /// Records the index a look answered with, and paces the next look.
+    pub async fn seen(&mut self, last_index: i64) {
+        self.index = last_index.max(self.index);
+        let elapsed = self.started.elapsed();
+        if elapsed < MIN_POLL_INTERVAL {
+            tokio::time::sleep(MIN_POLL_INTERVAL - elapsed).await;
+        }
+    }
+}
 
 /// An informational line (`==> `).
 pub fn info(now: i64, text: &str) -> String {
@@ -264,14 +302,9 @@ pub async fn monitor_eval(
 ) -> Result<Outcome, CliError> {
     let mut monitor = EvalMonitor::new(length);
     println!("{}", monitor.start(eval_id, now_nanos()));
-    let mut index = 0;
+    let mut poll = Poll::since(0);
     loop {
-        let started = Instant::now();
-        let opts = if index > 0 {
-            QueryOptions::blocking(index, BLOCKING_WAIT)
-        } else {
-            QueryOptions::default()
-        };
+        let opts = poll.options(BLOCKING_WAIT);
         let (eval, meta) = client
             .evaluation(eval_id, &opts)
             .await
@@ -293,11 +326,7 @@ pub async fn monitor_eval(
                 placement_failed,
             });
         }
-        index = meta.last_index.max(index);
-        let elapsed = started.elapsed();
-        if elapsed < MIN_POLL_INTERVAL {
-            tokio::time::sleep(MIN_POLL_INTERVAL - elapsed).await;
-        }
+        poll.seen(meta.last_index).await;
     }
 }
 

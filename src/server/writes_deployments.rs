@@ -89,7 +89,7 @@ impl Server {
             .deployments
             .snapshot()
             .by(Index::ByJob, &job_index(namespace, job))
-            .max_by_key(|d| (d.create_index == 0, d.create_index, d.create_time))
+            .max_by_key(|d| recency(d))
             .cloned()
     }
 
@@ -381,6 +381,11 @@ impl Server {
             id.as_str()
         )))
     }
+}
+
+/// How a job's deployments order, newest last: by creation, then version.
+pub fn recency(d: &Deployment) -> (i64, u64) {
+    (d.create_index, d.job_version)
 }
 
 /// The job that reverting `current` to `target`'s spec registers: `target`'s spec as the next
